@@ -177,6 +177,78 @@ class Repeat(Codec):
         return [self.codec.pop(message) for _ in range(self.count)]
 
 
+class Spread(Codec):
+    """Codes the symbols of an entropy model of *any* batch shape over the lanes of a message:
+    flattened in row-major order, cut into rounds of one symbol per lane, the last (partial) round
+    on the first lanes only. This is how a large tensor travels through a message of few lanes."""
+
+    def __init__(self, model: em.EntropyModel):
+        self.model = model
+
+    def _parts(self, message):
+        lanes = int(np.prod(message.lane_shape))
+        count = int(np.prod(self.model.shape))
+        rounds, rest = divmod(count, lanes)
+        flat = self.model.reshape((count,))
+        line = message.reshape((lanes,))
+        parts = []
+        if rounds:
+            parts.append((EntropyCodec(flat[: rounds * lanes].reshape((rounds, lanes))), line, rounds * lanes))
+        if rest:
+            parts.append((EntropyCodec(flat[rounds * lanes:]), line.view(slice(0, rest)), rest))
+        return parts
+
+    def push(self, message, symbols) -> None:
+        symbols = torch.as_tensor(symbols)
+        if tuple(symbols.shape) != tuple(self.model.shape):
+            raise em.ModelError(f"symbols have shape {tuple(symbols.shape)}, model expects {tuple(self.model.shape)}")
+        flat = symbols.reshape(-1)
+        offset = flat.numel()
+        for codec, view, size in reversed(self._parts(message)):
+            offset -= size
+            codec.push(view, flat[offset: offset + size].reshape(codec.model.shape))
+
+    def pop(self, message) -> torch.Tensor:
+        out = [codec.pop(view).reshape(-1) for codec, view, _ in self._parts(message)]
+        return torch.cat(out).reshape(self.model.shape)
+
+
+class AutoregressiveGroups(Codec):
+    """Codes a tuple of ``groups`` symbol groups, each with a codec that may depend on the groups
+    before it: ``group_codec(g, previous)`` returns the codec of group ``g`` given the tuple of
+    groups ``0..g-1``. Popped in order, so the decoder knows ``previous`` when it needs it."""
+
+    def __init__(self, group_codec: Callable[[int, tuple], Codec], groups: int):
+        self.group_codec, self.groups = group_codec, groups
+
+    def push(self, message, symbols) -> None:
+        if len(symbols) != self.groups:
+            raise em.ModelError(f"expected {self.groups} groups, got {len(symbols)}")
+        symbols = tuple(symbols)
+        for g in reversed(range(self.groups)):
+            self.group_codec(g, symbols[:g]).push(message, symbols[g])
+
+    def pop(self, message):
+        out = []
+        for g in range(self.groups):
+            out.append(self.group_codec(g, tuple(out)).pop(message))
+        return tuple(out)
+
+
+class Transform(Codec):
+    """Applies ``codec`` to ``forward(symbols)``; pop returns ``inverse(codec.pop(...))``.
+    ``inverse(forward(x))`` must equal ``x``."""
+
+    def __init__(self, codec: Codec, forward: Callable, inverse: Callable):
+        self.codec, self.forward, self.inverse = codec, forward, inverse
+
+    def push(self, message, symbols) -> None:
+        self.codec.push(message, self.forward(symbols))
+
+    def pop(self, message):
+        return self.inverse(self.codec.pop(message))
+
+
 class BBANS(Codec):
     """Bits-back coding of ``x`` with a latent ``z``.
 

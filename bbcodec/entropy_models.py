@@ -23,8 +23,8 @@ probabilities to integers first and work in exact integer arithmetic throughout.
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Tuple
+import copy
+from typing import Tuple
 
 import torch
 
@@ -71,12 +71,14 @@ def _check_symbols(symbols: torch.Tensor, shape, n: int) -> torch.Tensor:
 
 
 class EntropyModel:
-    """Base class. Subclasses set ``n`` (alphabet size), ``precision`` and ``shape`` (batch shape)
-    and implement :meth:`interval`, :meth:`lookup` and :meth:`__getitem__`."""
+    """Base class. Subclasses set ``n`` (alphabet size), ``precision`` and ``shape`` (batch shape),
+    list their parameter tensors in ``_params`` as ``(attribute, trailing_dims)`` (the dims after
+    the batch dims), and implement :meth:`interval` and :meth:`lookup`."""
 
     n: int
     precision: int
     shape: tuple
+    _params: tuple = ()
 
     def interval(self, symbols: torch.Tensor) -> Interval:
         raise NotImplementedError
@@ -85,8 +87,23 @@ class EntropyModel:
         """Return ``(symbols, start, freq)`` for slots of the batch shape."""
         raise NotImplementedError
 
+    def _map(self, fn) -> "EntropyModel":
+        """A shallow copy with ``fn(tensor, trailing_dims)`` applied to every parameter tensor and
+        to the batch shape."""
+        out = copy.copy(self)
+        for name, trailing in self._params:
+            setattr(out, name, fn(getattr(self, name), trailing))
+        out.shape = tuple(fn(torch.empty(self.shape, device="meta"), 0).shape)
+        return out
+
     def __getitem__(self, index) -> "EntropyModel":
-        raise NotImplementedError
+        """The models at ``index`` of the batch (an index of the leading, batch dims only)."""
+        return self._map(lambda t, trailing: t[index])
+
+    def reshape(self, shape) -> "EntropyModel":
+        """The same models with the batch dims reshaped (row-major)."""
+        shape = tuple(shape)
+        return self._map(lambda t, trailing: t.reshape(shape + tuple(t.shape[t.dim() - trailing:])))
 
     def checked_interval(self, symbols) -> Interval:
         """:meth:`interval` after validating the symbols' dtype, shape and range."""
@@ -170,9 +187,6 @@ class Uniform(EntropyModel):
         lo = self._cum(sym)
         return sym, lo, self._cum(sym + 1) - lo
 
-    def __getitem__(self, index):
-        shape = torch.empty(self.shape, device="meta")[index].shape
-        return Uniform(self.n, shape, self.device, self.precision)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +195,8 @@ class Bernoulli(EntropyModel):
 
     ``freq(1) = floor(p * (2**P - 2)) + 1``.
     """
+
+    _params = (("_freq1", 0),)
 
     def __init__(self, probs=None, logits=None, precision: int = 24):
         if (probs is None) == (logits is None):
@@ -197,12 +213,6 @@ class Bernoulli(EntropyModel):
         self.shape = tuple(p.shape)
         self._freq1 = torch.floor(p * float((1 << precision) - 2)).to(torch.int64) + 1
 
-    @classmethod
-    def _from_freq(cls, freq1, precision):
-        m = cls.__new__(cls)
-        m.n, m.precision, m.shape, m._freq1 = 2, precision, tuple(freq1.shape), freq1
-        return m
-
     def interval(self, symbols):
         freq0 = (1 << self.precision) - self._freq1
         one = symbols.to(torch.bool)
@@ -214,8 +224,74 @@ class Bernoulli(EntropyModel):
         sym = one.to(torch.int64)
         return sym, torch.where(one, freq0, torch.zeros_like(freq0)), torch.where(one, self._freq1, freq0)
 
-    def __getitem__(self, index):
-        return Bernoulli._from_freq(self._freq1[index], self.precision)
+
+
+class PackedBernoulli(EntropyModel):
+    """``k`` independent bits coded as one symbol: the tuple ``(b_0, ..., b_{k-1})`` read as the
+    integer ``sum b_j 2**(k-1-j)``, with ``probs`` (or ``logits``) of shape ``(*batch, k)``.
+
+    The interval is found by splitting ``[0, 2**precision)`` bit by bit (binary arithmetic coding
+    inside one rANS step): a range of size ``R`` at bit ``j`` gives ``[0, c)`` to 0 and
+    ``[c, R)`` to 1 with ``c = floor(R * (1 - p_j))`` clamped so that both halves keep at least
+    ``2**(k-1-j)`` (every tuple keeps frequency >= 1). Near-certain bits cost almost nothing, so
+    one rANS operation carries up to ``k`` pixels of a binary image.
+    """
+
+    _params = (("_p0", 1),)
+
+    def __init__(self, probs=None, logits=None, precision: int = 31):
+        if (probs is None) == (logits is None):
+            raise ModelError("give exactly one of probs and logits")
+        p = _as_float64("probs", probs) if probs is not None else detmath.sigmoid(_as_float64("logits", logits))
+        if p.dim() < 1:
+            raise ModelError("packed bits need a last axis of bits")
+        if probs is not None and bool(((p < 0) | (p > 1)).any()):
+            raise ModelError("probs must lie in [0, 1]")
+        k = p.shape[-1]
+        _check_precision(precision, 1 << k)
+        self.k, self.n, self.precision, self.shape = k, 1 << k, precision, tuple(p.shape[:-1])
+        self._p0 = 1.0 - p
+
+    def _split(self, size: torch.Tensor, j: int) -> torch.Tensor:
+        reserve = 1 << (self.k - 1 - j)
+        cut = torch.floor(size.to(torch.float64) * self._p0[..., j]).to(torch.int64)
+        return torch.minimum(torch.maximum(cut, torch.full_like(cut, reserve)), size - reserve)
+
+    def interval(self, symbols):
+        lo = torch.zeros(self.shape, dtype=torch.int64, device=self._p0.device)
+        size = torch.full_like(lo, 1 << self.precision)
+        for j in range(self.k):
+            bit = ((symbols >> (self.k - 1 - j)) & 1).to(torch.bool)
+            cut = self._split(size, j)
+            lo = torch.where(bit, lo + cut, lo)
+            size = torch.where(bit, size - cut, cut)
+        return lo, size
+
+    def lookup(self, slot):
+        lo = torch.zeros_like(slot)
+        size = torch.full_like(slot, 1 << self.precision)
+        sym = torch.zeros_like(slot)
+        for j in range(self.k):
+            cut = self._split(size, j)
+            bit = slot >= lo + cut
+            sym = (sym << 1) | bit.to(torch.int64)
+            lo = torch.where(bit, lo + cut, lo)
+            size = torch.where(bit, size - cut, cut)
+        return sym, lo, size
+
+
+    @staticmethod
+    def pack(bits: torch.Tensor) -> torch.Tensor:
+        """Bits of shape ``(*batch, k)`` to tuple symbols of shape ``batch``."""
+        k = bits.shape[-1]
+        weights = 1 << torch.arange(k - 1, -1, -1, device=bits.device)
+        return (bits.to(torch.int64) * weights).sum(-1)
+
+    @staticmethod
+    def unpack(symbols: torch.Tensor, k: int) -> torch.Tensor:
+        """Inverse of :meth:`pack`."""
+        shifts = torch.arange(k - 1, -1, -1, device=symbols.device)
+        return (symbols.unsqueeze(-1) >> shifts) & 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +306,8 @@ class Categorical(EntropyModel):
     ``C(i) = floor(Q_i * (2**P - n) / Q_n) + i``. Logits go through :func:`detmath.softmax`-style
     table exponentials first. All integer arithmetic, so identical on every device.
     """
+
+    _params = (("_cum_q", 1), ("_total", 1))
 
     def __init__(self, probs=None, logits=None, precision: int = 24):
         if (probs is None) == (logits is None):
@@ -308,19 +386,14 @@ class Categorical(EntropyModel):
         lo = self._cum(sym)
         return sym, lo, self._cum(sym + 1) - lo
 
-    def __getitem__(self, index):
-        m = Categorical.__new__(Categorical)
-        m.n, m.precision = self.n, self.precision
-        m._cum_q = self._cum_q[index]
-        m._total = self._total[index]
-        m.shape = tuple(m._cum_q.shape[:-1])
-        return m
 
 
 # ---------------------------------------------------------------------------------------------
 class DiscretizedLogistic(CDFModel):
     """Logistic with ``mean`` and ``scale`` discretised to the integers ``0..n-1`` with open
     edge bins (PixelCNN++): ``F(i) = sigmoid((i - 0.5 - mean) / scale)``."""
+
+    _params = (("mean", 0), ("inv_scale", 0))
 
     def __init__(self, mean, scale, n: int = 256, precision: int = 24):
         _check_precision(precision, n)
@@ -333,22 +406,23 @@ class DiscretizedLogistic(CDFModel):
     def edge_cdf(self, i):
         return detmath.sigmoid((i.to(torch.float64) - 0.5 - self.mean) * self.inv_scale)
 
-    def __getitem__(self, index):
-        m = DiscretizedLogistic.__new__(DiscretizedLogistic)
-        m.n, m.precision = self.n, self.precision
-        m.mean, m.inv_scale = self.mean[index], self.inv_scale[index]
-        m.shape = tuple(m.mean.shape)
-        return m
 
 
 class LogisticMixture(CDFModel):
-    """Mixture of discretised logistics over ``0..n-1`` (last axis = components).
+    """Mixture of discretised logistics over ``0..n-1`` (last axis = components), optionally with
+    point masses on the two end symbols.
 
-    ``weights`` are mixture probabilities or ``logits`` their log-weights; components are summed
-    in index order so the result is deterministic.
+    ``weights`` are the components' probabilities or ``logits`` their log-weights. With
+    ``end_masses=True`` the last two weights (or logits) belong to point masses at ``0`` and
+    ``n-1`` rather than to logistics (so ``means``/``scales`` have two fewer components):
+    ``F(i) = w_low + sum_k w_k sigmoid((i - 0.5 - mean_k) / scale_k)``. Weights are normalised
+    and components summed in index order, so the result is deterministic.
     """
 
-    def __init__(self, means, scales, weights=None, logits=None, n: int = 256, precision: int = 24):
+    _params = (("means", 1), ("inv_scales", 1), ("weights", 1), ("low_mass", 0))
+
+    def __init__(self, means, scales, weights=None, logits=None, n: int = 256, precision: int = 24,
+                 end_masses: bool = False):
         _check_precision(precision, n)
         if (weights is None) == (logits is None):
             raise ModelError("give exactly one of weights and logits")
@@ -359,33 +433,33 @@ class LogisticMixture(CDFModel):
                 raise ModelError("mixture weights must be non-negative")
         else:
             w = detmath.softmax(_as_float64("logits", logits))
-        means, scales, w = _broadcast(means, scales, w)
-        if means.dim() < 1:
+        if means.dim() < 1 or w.dim() < 1:
             raise ModelError("mixture parameters need a last axis of components")
-        if bool((scales <= 0).any()):
-            raise ModelError("scales must be positive")
+        extra = 2 if end_masses else 0
+        if w.shape[-1] != means.shape[-1] + extra:
+            raise ModelError(f"{w.shape[-1]} weights for {means.shape[-1]} components"
+                             f"{' and 2 end masses' if end_masses else ''}")
         total = w[..., 0].clone()
         for k in range(1, w.shape[-1]):
             total = total + w[..., k]
         if bool((total <= 0).any()):
             raise ModelError("mixture weights sum to zero")
+        w = w / total.unsqueeze(-1)
+        low = w[..., -2] if end_masses else torch.zeros_like(w[..., 0])
+        w = w[..., : means.shape[-1]]
+        means, scales, w = _broadcast(means, scales, w)
+        low = low.expand(means.shape[:-1])
+        if bool((scales <= 0).any()):
+            raise ModelError("scales must be positive")
         self.n, self.precision, self.shape = int(n), precision, tuple(means.shape[:-1])
-        self.means, self.inv_scales, self.weights = means, 1.0 / scales, w / total.unsqueeze(-1)
+        self.means, self.inv_scales, self.weights, self.low_mass = means, 1.0 / scales, w, low
 
     def edge_cdf(self, i):
         x = i.to(torch.float64) - 0.5
-        out = None
+        out = self.low_mass
         for k in range(self.means.shape[-1]):
-            term = self.weights[..., k] * detmath.sigmoid((x - self.means[..., k]) * self.inv_scales[..., k])
-            out = term if out is None else out + term
+            out = out + self.weights[..., k] * detmath.sigmoid((x - self.means[..., k]) * self.inv_scales[..., k])
         return out
-
-    def __getitem__(self, index):
-        m = LogisticMixture.__new__(LogisticMixture)
-        m.n, m.precision = self.n, self.precision
-        m.means, m.inv_scales, m.weights = self.means[index], self.inv_scales[index], self.weights[index]
-        m.shape = tuple(m.means.shape[:-1])
-        return m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,6 +493,8 @@ class GaussianOnBins(CDFModel):
     the-prior bins. ``F(i) = Phi((prior_mean + prior_scale * u_i - mean) / scale)``.
     """
 
+    _params = (("mean", 0), ("inv_scale", 0), ("prior_mean", 0), ("prior_scale", 0))
+
     def __init__(self, mean, scale, bits: int, prior_mean=0.0, prior_scale=1.0, precision: int = 24):
         n = 1 << bits
         _check_precision(precision, n)
@@ -436,13 +512,6 @@ class GaussianOnBins(CDFModel):
         u = self._edges[i - 1]
         return detmath.normal_cdf((self.prior_mean + self.prior_scale * u - self.mean) * self.inv_scale)
 
-    def __getitem__(self, index):
-        m = GaussianOnBins.__new__(GaussianOnBins)
-        m.n, m.bits, m.precision, m._edges = self.n, self.bits, self.precision, self._edges
-        for name in ("mean", "inv_scale", "prior_mean", "prior_scale"):
-            setattr(m, name, getattr(self, name)[index])
-        m.shape = tuple(m.mean.shape)
-        return m
 
 
 def bin_centres(bins: torch.Tensor, bits: int, prior_mean=0.0, prior_scale=1.0) -> torch.Tensor:

@@ -166,3 +166,40 @@ def test_codecs_on_device(device):
     roundtrip(C.Categorical(p), x, lanes, device=device)
     mean, scale = (torch.rand(16, generator=g) * 255).to(device), torch.rand(16, generator=g).to(device) + 0.1
     roundtrip(C.DiscretizedLogistic(mean, scale), torch.randint(0, 256, (16,), generator=g).to(device), lanes, device=device)
+
+
+@given(lanes=lane_shapes, rounds=round_shapes, seed=st.integers(0, 10**6), k=st.integers(1, 16), scale=st.floats(0, 40))
+def test_packed_bernoulli_codec(lanes, rounds, seed, k, scale):
+    g = torch.Generator().manual_seed(seed)
+    check_model_codec(em.PackedBernoulli(logits=torch.randn(rounds + lanes + (k,), generator=g) * scale), seed, lanes)
+
+
+@given(lanes=st.integers(1, 12), shape=st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple),
+       seed=st.integers(0, 10**6))
+def test_spread_any_shape_over_lanes(lanes, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    model = em.Categorical(torch.rand(shape + (5,), generator=g))
+    roundtrip(C.Spread(model), sample_symbols(g, model), (lanes,))
+    roundtrip(C.Spread(model), sample_symbols(g, model), (2, lanes))
+
+
+def test_autoregressive_groups():
+    g = torch.Generator().manual_seed(0)
+    lanes = (6,)
+
+    def group_codec(i, previous):
+        # group i's distribution depends on the sum of the groups before it
+        bias = sum((p.double() for p in previous), torch.zeros(4, dtype=torch.float64))
+        return C.Spread(em.Bernoulli(logits=bias - 1.5 + i))
+
+    x = tuple(torch.randint(0, 2, (4,), generator=g) for _ in range(3))
+    roundtrip(C.AutoregressiveGroups(group_codec, 3), x, lanes)
+
+
+def test_mixture_with_end_masses():
+    g = torch.Generator().manual_seed(3)
+    model = em.LogisticMixture(torch.rand(5, 2, generator=g) * 255, torch.rand(5, 2, generator=g) * 9 + 0.1,
+                               logits=torch.randn(5, 4, generator=g) * 3, end_masses=True)
+    x = torch.tensor([0, 255, 17, 0, 255])
+    roundtrip(C.EntropyCodec(model), x, (5,))
+    assert float(model.information(torch.zeros(5, dtype=torch.long)).max()) < 30

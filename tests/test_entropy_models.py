@@ -162,3 +162,21 @@ def test_information_content():
     m = em.Bernoulli(torch.tensor([0.25]), precision=16)
     bits = m.information(torch.tensor([1]))
     assert abs(bits.item() - 2.0) < 1e-3
+
+
+@given(shape=small_shapes, k=st.integers(1, 6), scale=st.floats(0, 80), seed=st.integers(0, 99),
+       precision=st.integers(6, 31))
+def test_packed_bernoulli_valid(shape, k, scale, seed, precision):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape + (k,), generator=g, dtype=torch.float64) * scale
+    assert_valid(em.PackedBernoulli(logits=logits, precision=max(precision, k)))
+
+
+def test_packed_bernoulli_pack_unpack_and_cost():
+    bits = torch.randint(0, 2, (7, 16))
+    assert torch.equal(em.PackedBernoulli.unpack(em.PackedBernoulli.pack(bits), 16), bits)
+    p = torch.full((7, 16), 0.999999)
+    model = em.PackedBernoulli(p)
+    ones = em.PackedBernoulli.pack(torch.ones(7, 16, dtype=torch.long))
+    # 16 near-certain bits cost about 16 * -log2(0.999999) bits, not 16 * 2**-15
+    assert float(model.information(ones).max()) < 1e-3

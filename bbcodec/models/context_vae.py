@@ -1,0 +1,212 @@
+"""A VAE whose likelihood also sees already-decoded neighbouring pixels.
+
+The image's pixels are split into four interleaved groups by the parity of their coordinates,
+coded in the order (even, even), (odd, odd), (even, odd), (odd, even). Given the latent ``z``, a
+pixel of group ``g`` is modelled from per-pixel decoder features *and* the pixels of groups
+``< g`` in a small window around it: the first group relies on ``z`` alone, later groups also
+interpolate from their neighbours. Decoding needs only four sequential steps per image.
+
+Architecture (all layers are linear maps and ReLUs, so :mod:`.fixedpoint` evaluates them exactly):
+
+* encoder ``q(z|x)``: MLP on the flattened image -> mean and log-scale of a diagonal Gaussian;
+* trunk: MLP from ``z`` to a coarse ``cell x cell`` grid of ``channels``, then a per-cell linear
+  map to ``features`` per pixel (a stride-``cell`` transposed convolution);
+* one head per group: an MLP on (features, known neighbours) -> the pixel likelihood's
+  parameters (:mod:`.likelihoods`).
+
+Models know nothing of ANS: they map pixels and latents to distribution parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .fixedpoint import FloatNumerics, Numerics
+from .likelihoods import make_likelihood
+
+GROUP_OF_PARITY = {(0, 0): 0, (1, 1): 1, (0, 1): 2, (1, 0): 3}
+LOG_SCALE_RANGE = (-8.0, 3.0)
+
+
+@dataclass
+class ContextVAEConfig:
+    height: int = 28
+    width: int = 28
+    pixels: str = "uint8"  # "uint8" (0..255) or "binary" (0/1)
+    latent_dim: int = 32
+    hidden: int = 512
+    cell: int = 4
+    channels: int = 32
+    features: int = 16
+    head_hidden: int = 64
+    context: int = 5
+    likelihood: str = "logistic_mixture"
+    components: int = 1
+    latent_bits: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContextVAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names - {"arch"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return {"arch": "context_vae", **dataclasses.asdict(self)}
+
+
+class ContextVAE(nn.Module):
+    groups = 4
+
+    def __init__(self, config: ContextVAEConfig):
+        super().__init__()
+        c = config
+        if c.height % c.cell or c.width % c.cell or c.height % 2 or c.width % 2:
+            raise ValueError("image size must be a multiple of the cell size and even")
+        if c.context % 2 != 1:
+            raise ValueError("context window must be odd")
+        self.config = c
+        self.likelihood = make_likelihood(c.likelihood, c.components)
+        npix = c.height * c.width
+        self.grid = (c.height // c.cell, c.width // c.cell)
+        ncells = self.grid[0] * self.grid[1]
+        self.enc1 = nn.Linear(npix, c.hidden)
+        self.enc2 = nn.Linear(c.hidden, c.hidden)
+        self.enc3 = nn.Linear(c.hidden, 2 * c.latent_dim)
+        self.dec1 = nn.Linear(c.latent_dim, c.hidden)
+        self.dec2 = nn.Linear(c.hidden, ncells * c.channels)
+        self.up = nn.Linear(c.channels, c.cell * c.cell * c.features)
+        positions, contexts = self._layout()
+        for g in range(self.groups):
+            self.register_buffer(f"pos{g}", positions[g], persistent=False)
+            self.register_buffer(f"ctx{g}", contexts[g], persistent=False)
+        self.heads = nn.ModuleList(
+            nn.ModuleList([nn.Linear(c.features + contexts[g].shape[1], c.head_hidden),
+                           nn.Linear(c.head_hidden, c.head_hidden),
+                           nn.Linear(c.head_hidden, self.likelihood.nout)])
+            for g in range(self.groups)
+        )
+
+    # ------------------------------------------------------------------ layout
+    def _layout(self):
+        """Flat pixel positions of each group, and for each group the flat indices (into the image
+        padded by ``context // 2``) of every pixel's known neighbours."""
+        c = self.config
+        r = c.context // 2
+        pw = c.width + 2 * r
+        ii, jj = torch.meshgrid(torch.arange(c.height), torch.arange(c.width), indexing="ij")
+        group = torch.empty(c.height, c.width, dtype=torch.int64)
+        for (pi, pj), g in GROUP_OF_PARITY.items():
+            group[pi::2, pj::2] = g
+        positions, contexts = [], []
+        for g in range(self.groups):
+            sel = (group == g).reshape(-1)
+            pos = torch.nonzero(sel).squeeze(1)
+            pi, pj = [p for p, gg in GROUP_OF_PARITY.items() if gg == g][0]
+            offsets = [(di, dj) for di in range(-r, r + 1) for dj in range(-r, r + 1)
+                       if (di, dj) != (0, 0) and GROUP_OF_PARITY[((pi + di) % 2, (pj + dj) % 2)] < g]
+            i, j = ii.reshape(-1)[pos], jj.reshape(-1)[pos]
+            idx = [(i + r + di) * pw + (j + r + dj) for di, dj in offsets]
+            contexts.append(torch.stack(idx, 1) if idx else torch.zeros(len(pos), 0, dtype=torch.int64))
+            positions.append(pos)
+        return positions, contexts
+
+    def positions(self, g: int) -> torch.Tensor:
+        return getattr(self, f"pos{g}")
+
+    def group_sizes(self):
+        return [self.positions(g).numel() for g in range(self.groups)]
+
+    def split_groups(self, x: torch.Tensor):
+        """Images ``(B, H, W)`` to a tuple of per-group pixel tensors ``(B, n_g)``."""
+        flat = x.reshape(x.shape[0], -1)
+        return tuple(flat[:, self.positions(g)] for g in range(self.groups))
+
+    def join_groups(self, groups) -> torch.Tensor:
+        """Inverse of :meth:`split_groups`."""
+        c = self.config
+        b = groups[0].shape[0]
+        flat = torch.empty(b, c.height * c.width, dtype=groups[0].dtype, device=groups[0].device)
+        for g, pix in enumerate(groups):
+            flat[:, self.positions(g)] = pix
+        return flat.reshape(b, c.height, c.width)
+
+    # ------------------------------------------------------------------ pieces
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels to network inputs, exactly representable: ``x/128 - 1`` or the bit itself."""
+        if self.config.pixels == "binary":
+            return x.to(torch.float64)
+        return x.to(torch.float64) / 128.0 - 1.0
+
+    def posterior(self, x: torch.Tensor, num: Numerics):
+        """``q(z|x)``: (mean, log_scale) of shape ``(B, latent_dim)`` as real tensors."""
+        h = num.input(self.scaled(x).reshape(x.shape[0], -1))
+        h = num.relu(num.linear(self.enc1, h))
+        h = num.relu(num.linear(self.enc2, h))
+        out = num.value(num.linear(self.enc3, h))
+        d = self.config.latent_dim
+        return out[:, :d], torch.clamp(out[:, d:], *LOG_SCALE_RANGE)
+
+    def features(self, z: torch.Tensor, num: Numerics):
+        """Per-pixel decoder features ``(B, H*W, features)`` (numerics-specific activations) from
+        latent values ``z`` ``(B, latent_dim)`` (multiples of ``2**-ACT_BITS`` when exact)."""
+        c = self.config
+        b = z.shape[0]
+        h = num.relu(num.linear(self.dec1, num.input(z)))
+        h = num.relu(num.linear(self.dec2, h))
+        h = h.reshape(b * self.grid[0] * self.grid[1], c.channels)
+        f = num.relu(num.linear(self.up, h))
+        f = f.reshape(b, self.grid[0], self.grid[1], c.cell, c.cell, c.features)
+        f = f.permute(0, 1, 3, 2, 4, 5).reshape(b, c.height * c.width, c.features)
+        return f
+
+    def head(self, g: int, feats, previous, num: Numerics) -> torch.Tensor:
+        """Raw likelihood parameters ``(B, n_g, nout)`` of group ``g`` given features and the
+        pixel tensors of groups ``0..g-1`` (a tuple)."""
+        c = self.config
+        b = feats.shape[0]
+        r = c.context // 2
+        pos = self.positions(g)
+        inputs = feats[:, pos]
+        ctx = getattr(self, f"ctx{g}")
+        if ctx.shape[1]:
+            pad_value = 0.0 if c.pixels == "binary" else -1.0
+            known = torch.full((b, c.height + 2 * r, c.width + 2 * r), pad_value, dtype=torch.float64, device=pos.device)
+            inner = known[:, r: r + c.height, r: r + c.width].reshape(b, -1)
+            for gg, pix in enumerate(previous):
+                inner[:, self.positions(gg)] = self.scaled(pix)
+            known[:, r: r + c.height, r: r + c.width] = inner.reshape(b, c.height, c.width)
+            neighbours = known.reshape(b, -1)[:, ctx]  # (B, n_g, c_g)
+            inputs = torch.cat([inputs, num.input(neighbours).to(inputs.dtype)], -1)
+        l1, l2, l3 = self.heads[g]
+        n_g = pos.numel()
+        h = inputs.reshape(b * n_g, -1)
+        h = num.relu(num.linear(l1, h))
+        h = num.relu(num.linear(l2, h))
+        return num.value(num.linear(l3, h)).reshape(b, n_g, -1)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor):
+        """Negative ELBO terms in bits per image for a batch of images (float32, reparameterised)."""
+        num = FloatNumerics()
+        mean, log_scale = self.posterior(x, num)
+        mean, log_scale = mean.float(), log_scale.float()
+        z = mean + torch.randn_like(mean) * torch.exp(log_scale)
+        kl = 0.5 * (mean ** 2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(1)
+        feats = self.features(z, num)
+        groups = self.split_groups(x)
+        nll = torch.zeros_like(kl)
+        for g in range(self.groups):
+            raw = self.head(g, feats, groups[:g], num).float()
+            nll = nll - self.likelihood.log_prob(groups[g], raw).sum(1)
+        return {"kl_bits": kl / math.log(2), "nll_bits": nll / math.log(2)}
+
+    @property
+    def dims(self) -> int:
+        return self.config.height * self.config.width

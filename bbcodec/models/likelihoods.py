@@ -1,0 +1,112 @@
+"""Pixel likelihoods: raw network outputs to (training log-probability, coding entropy model).
+
+Each likelihood maps the last axis of a head's output (``nout`` values per pixel) both to a
+differentiable float32 log-probability for training and to a :mod:`bbcodec.entropy_models` model
+built with deterministic float64 math for coding. The two describe the same distribution, so the
+trained negative ELBO is what coding achieves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import detmath
+from .. import entropy_models as em
+
+LOG_SCALE_OFFSET = math.log(127.5)  # raw log-scales are in units of half the pixel range
+LOG_SCALE_MIN = -4.0  # scales of at least exp(-4) ~ 0.018 pixel
+LOG_SCALE_MAX = 7.0
+
+
+def _logistic_bin_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, n: int) -> torch.Tensor:
+    """log P(x) of a logistic discretised to 0..n-1 with open edge bins (float32, stable)."""
+    xs = x.to(mean.dtype)
+    inv = torch.exp(-log_scale)
+    upper = (xs + 0.5 - mean) * inv
+    lower = (xs - 0.5 - mean) * inv
+    cdf_up = torch.where(xs > n - 1.5, torch.ones_like(upper), torch.sigmoid(upper))
+    cdf_lo = torch.where(xs < 0.5, torch.zeros_like(lower), torch.sigmoid(lower))
+    log_cdf_up = torch.where(xs > n - 1.5, torch.zeros_like(upper), F.logsigmoid(upper))  # x = n-1
+    log_sf_lo = torch.where(xs < 0.5, torch.zeros_like(lower), F.logsigmoid(-lower))  # x = 0
+    mid = (xs - mean) * inv
+    log_pdf = mid - log_scale - 2 * F.softplus(mid)
+    diff = cdf_up - cdf_lo
+    inner = torch.where(diff > 1e-5, torch.log(diff.clamp(min=1e-12)), log_pdf)
+    out = torch.where(xs < 0.5, log_cdf_up, torch.where(xs > n - 1.5, log_sf_lo, inner))
+    return out
+
+
+class Likelihood:
+    nout: int
+    name: str
+
+    def log_prob(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def entropy_model(self, raw: torch.Tensor, precision: int) -> em.EntropyModel:
+        raise NotImplementedError
+
+
+class LogisticMixtureLikelihood(Likelihood):
+    """``components`` discretised logistics over 0..255, plus (``end_masses``) point masses at 0
+    and 255. Raw outputs: mixture logits (components [+2]), then means, then log-scales, with
+    ``mean = 127.5 * (raw + 1)`` and ``log_scale = raw + log(127.5)``."""
+
+    def __init__(self, components: int = 1, end_masses: bool = True, n: int = 256):
+        self.components, self.end_masses, self.n = components, end_masses, n
+        self.nlogits = components + (2 if end_masses else 0)
+        self.nout = self.nlogits + 2 * components
+        self.name = "logistic_mixture"
+
+    def _split(self, raw):
+        k, m = self.components, self.nlogits
+        logits = raw[..., :m]
+        means = 127.5 * (raw[..., m: m + k] + 1.0)
+        log_scales = torch.clamp(raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET, LOG_SCALE_MIN, LOG_SCALE_MAX)
+        return logits, means, log_scales
+
+    def log_prob(self, x, raw):
+        logits, means, log_scales = self._split(raw)
+        log_w = F.log_softmax(logits, -1)
+        parts = log_w[..., : self.components] + _logistic_bin_logp(x.unsqueeze(-1), means, log_scales, self.n)
+        if self.end_masses:
+            never = torch.full_like(log_w[..., 0], -1e4)
+            low = torch.where(x == 0, log_w[..., -2], never)
+            high = torch.where(x == self.n - 1, log_w[..., -1], never)
+            parts = torch.cat([parts, low.unsqueeze(-1), high.unsqueeze(-1)], -1)
+        return torch.logsumexp(parts, -1)
+
+    def entropy_model(self, raw, precision):
+        logits, means, log_scales = self._split(raw.to(torch.float64))
+        return em.LogisticMixture(means, detmath.exp(log_scales), logits=logits, n=self.n,
+                                  precision=precision, end_masses=self.end_masses)
+
+
+class BernoulliLikelihood(Likelihood):
+    """Binary pixels: one logit per pixel. Coded ``pack`` pixels per rANS step
+    (:class:`bbcodec.entropy_models.PackedBernoulli`)."""
+
+    nout = 1
+    name = "bernoulli"
+
+    def log_prob(self, x, raw):
+        return -F.binary_cross_entropy_with_logits(raw[..., 0], x.to(raw.dtype), reduction="none")
+
+    def entropy_model(self, raw, precision):
+        return em.Bernoulli(logits=raw[..., 0].to(torch.float64), precision=precision)
+
+    def packed_model(self, raw, pack: int, precision: int = 31) -> em.PackedBernoulli:
+        """Pixels ``(..., m*pack)`` as ``m`` packed symbols of ``pack`` bits each."""
+        logits = raw[..., 0].to(torch.float64)
+        return em.PackedBernoulli(logits=logits.reshape(logits.shape[:-1] + (-1, pack)), precision=precision)
+
+
+def make_likelihood(name: str, components: int = 1) -> Likelihood:
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "logistic_mixture":
+        return LogisticMixtureLikelihood(components, end_masses=True)
+    raise ValueError(f"unknown likelihood {name!r}")
