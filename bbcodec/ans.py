@@ -34,6 +34,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .errors import BBCodecError
+
 HEAD_MIN = 1 << 31  # heads live in [HEAD_MIN, 2**63)
 WORD_BITS = 32
 WORD_MASK = (1 << WORD_BITS) - 1
@@ -45,7 +47,7 @@ _MAGIC = b"bbA1"
 Index = Optional[object]  # anything torch accepts as an index into the heads
 
 
-class ANSError(ValueError):
+class ANSError(BBCodecError, ValueError):
     """Raised for invalid coder input or a corrupt serialised message."""
 
 

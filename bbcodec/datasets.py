@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import BBCodecError
+
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
-class DataError(ValueError):
+class DataError(BBCodecError, ValueError):
     """A dataset file that cannot be read as images."""
 
 

@@ -30,11 +30,12 @@ import torch
 
 from . import detmath
 from .ans import MAX_PRECISION
+from .errors import BBCodecError
 
 Interval = Tuple[torch.Tensor, torch.Tensor]
 
 
-class ModelError(ValueError):
+class ModelError(BBCodecError, ValueError):
     """Raised for invalid distribution parameters (NaN, wrong shapes, out-of-range values)."""
 
 

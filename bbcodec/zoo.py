@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import BBCodecError
+
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(BBCodecError, LookupError):
     """No embedded model of that name and no model file at that path."""
 
 

@@ -43,10 +43,10 @@ class ContextVAEConfig:
     cell: int = 4
     channels: int = 32
     features: int = 16
-    head_hidden: int = 64
+    head_hidden: int = 48
     context: int = 5
     likelihood: str = "logistic_mixture"
-    components: int = 1
+    components: int = 4
     latent_bits: int = 10
 
     @classmethod

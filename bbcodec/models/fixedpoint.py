@@ -93,14 +93,13 @@ class ExactNumerics(Numerics):
 
     def linear(self, layer, x):
         w, b = self._weights(layer)
-        y = x @ w  # exact: integer partial sums below 2**53
-        if b is not None:
-            y = y + b
-        y = torch.floor(y * (1.0 / (1 << WEIGHT_BITS)) + 0.5)
-        return torch.clamp(y, -ACT_LIMIT + 1, ACT_LIMIT - 1)
+        # exact: every partial sum is an integer below 2**53
+        y = torch.addmm(b, x, w) if b is not None else x @ w
+        y.mul_(1.0 / (1 << WEIGHT_BITS)).add_(0.5).floor_()
+        return y.clamp_(-ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def relu(self, x):
-        return torch.clamp(x, min=0.0)
+        return x.clamp_(min=0.0)
 
     def value(self, x):
         return x * (1.0 / (1 << ACT_BITS))

@@ -1,0 +1,260 @@
+"""Input files: read images plus what is needed to restore the file exactly, and restore it.
+
+Supported kinds and what decompression restores:
+
+* ``idx``: MNIST IDX (uint8, rank 3), plain or gzipped: the file, byte for byte (a gzipped file
+  is re-deflated with the zlib settings that reproduce it, found and verified at compression);
+* ``npy``: uint8 ``.npy`` arrays ``(N, H, W)`` or ``(N, H, W, 3)``: the file, byte for byte;
+* ``cifar``: CIFAR-10 binary batches (``.bin``, optionally gzipped): the file, byte for byte
+  (labels travel as side data);
+* ``png``: a PNG image: identical pixels, size and mode (not the same PNG bytes).
+
+Every reader verifies that its writer reproduces the original before anything is compressed, so
+an input that cannot be restored exactly is refused up front with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import DataError, parse_cifar, parse_idx
+
+
+@dataclass
+class ImageFile:
+    kind: str
+    images: torch.Tensor  # (N, H, W) grey or (N, 3, H, W) colour, uint8
+    restore: dict = field(default_factory=dict)  # small JSON-able facts needed to rebuild the file
+    side_data: bytes = b""  # e.g. CIFAR labels, PNG alpha
+    sha256: str = ""  # of the original file bytes (PNG: of the canonical pixel description)
+    content_sha256: str = ""  # of the file's content inside any gzip wrapper (already verified)
+
+    @property
+    def pixels(self) -> str:
+        """``"binary"`` when every value is 0 or 1, else ``"uint8"``."""
+        return "binary" if bool((self.images <= 1).all()) else "uint8"
+
+
+# ---------------------------------------------------------------------------------- gzip
+_GZIP_TRIES = [(9, 8), (6, 8), (8, 8), (7, 8), (5, 8), (4, 8), (3, 8), (2, 8), (1, 8), (9, 9), (6, 9), (0, 8)]
+
+
+def _gzip_header_end(raw: bytes) -> int:
+    flags = raw[3]
+    pos = 10
+    if flags & 4:  # FEXTRA
+        pos += 2 + struct.unpack_from("<H", raw, pos)[0]
+    if flags & 8:  # FNAME
+        pos = raw.index(b"\0", pos) + 1
+    if flags & 16:  # FCOMMENT
+        pos = raw.index(b"\0", pos) + 1
+    if flags & 2:  # FHCRC
+        pos += 2
+    return pos
+
+
+def _deflate(data: bytes, level: int, mem: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, mem)
+    return c.compress(data) + c.flush()
+
+
+def gzip_rebuild(header: bytes, data: bytes, level: int, mem: int) -> bytes:
+    return header + _deflate(data, level, mem) + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+
+
+def unwrap_gzip(raw: bytes, name: str) -> tuple[bytes, dict | None]:
+    """Return (content, gzip restore info or None). Raises DataError when the gzip file cannot be
+    reproduced byte for byte."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw, None
+    import gzip
+
+    try:
+        data = gzip.decompress(raw)
+        end = _gzip_header_end(raw)
+    except (OSError, EOFError, ValueError, IndexError, struct.error) as exc:
+        raise DataError(f"{name}: corrupt gzip data ({exc})") from exc
+    header = raw[:end]
+    for level, mem in _GZIP_TRIES:
+        if len(raw) - end - 8 > 0 and gzip_rebuild(header, data, level, mem) == raw:
+            return data, {"header": header.hex(), "level": level, "mem": mem}
+    raise DataError(f"{name}: this gzip file was not made by zlib, so it cannot be restored byte for "
+                    "byte; gunzip it and compress the plain file")
+
+
+def wrap_gzip(data: bytes, info: dict | None) -> bytes:
+    if not info:
+        return data
+    return gzip_rebuild(bytes.fromhex(info["header"]), data, info["level"], info["mem"])
+
+
+# ---------------------------------------------------------------------------------- readers
+def read_image_file(path: Path) -> ImageFile:
+    """Read any supported file; raises DataError with a one-line reason otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not raw:
+        raise DataError(f"{path}: empty file")
+    sha = hashlib.sha256(raw).hexdigest()
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return _read_png(raw, path)
+    if raw[:6] == b"\x93NUMPY":
+        return _read_npy(raw, path, sha)
+    content, gz = unwrap_gzip(raw, str(path))
+    name = path.name.lower()
+    if name.endswith(".bin") or name.endswith(".bin.gz"):
+        labels, images = parse_cifar(content, str(path))
+        return ImageFile("cifar", torch.from_numpy(images), {"gzip": gz}, labels.tobytes(), sha,
+                         hashlib.sha256(content).hexdigest())
+    if len(content) >= 4 and content[0] == 0 and content[1] == 0:
+        arr = parse_idx(content, str(path))
+        if arr.dtype != np.uint8 or arr.ndim != 3:
+            raise DataError(f"{path}: only uint8 IDX image files of rank 3 are supported (got {arr.dtype}, rank {arr.ndim})")
+        return ImageFile("idx", torch.from_numpy(arr.copy()), {"gzip": gz}, b"", sha, hashlib.sha256(content).hexdigest())
+    raise DataError(f"{path}: unsupported file type (expected IDX, .npy, PNG or CIFAR-10 .bin)")
+
+
+def _read_npy(raw: bytes, path: Path, sha: str) -> ImageFile:
+    fmt = np.lib.format
+    buf = io.BytesIO(raw)
+    try:
+        version = fmt.read_magic(buf)
+        read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = read_header(buf)
+    except (ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: corrupt .npy header ({exc})") from exc
+    offset = buf.tell()
+    if dtype != np.uint8:
+        raise DataError(f"{path}: expected a uint8 array, got {dtype}")
+    if len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3):
+        pass
+    else:
+        raise DataError(f"{path}: expected shape (N, H, W) or (N, H, W, 3), got {shape}")
+    count = int(np.prod(shape))
+    if len(raw) - offset != count:
+        raise DataError(f"{path}: .npy data has {len(raw) - offset} bytes, expected {count}")
+    arr = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape, order="F" if fortran else "C")
+    if arr.ndim == 4:
+        arr = arr.transpose(0, 3, 1, 2)
+    return ImageFile("npy", torch.from_numpy(np.array(arr, order="C")),
+                     {"header": raw[:offset].hex(), "fortran": bool(fortran), "channels_last": arr.ndim == 4}, b"", sha)
+
+
+def _png_sha(mode: str, size, pixels: np.ndarray) -> str:
+    h = hashlib.sha256(f"{mode}:{size[0]}x{size[1]}:".encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
+def _read_png(raw: bytes, path: Path) -> ImageFile:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            mode, size = im.mode, im.size
+            if mode == "1":
+                arr = np.asarray(im, dtype=np.uint8)  # 0/1
+            elif mode in ("L", "RGB", "RGBA", "LA"):
+                arr = np.asarray(im)
+            elif mode == "I;16" or mode.startswith("I"):
+                raise DataError(f"{path}: 16-bit PNG images are not supported (8-bit only)")
+            else:
+                raise DataError(f"{path}: PNG mode {mode!r} is not supported (use greyscale, RGB or RGBA)")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: corrupt PNG ({exc})") from exc
+    sha = _png_sha(mode, size, arr)
+    side = b""
+    if mode in ("RGBA", "LA"):
+        side = arr[..., -1].tobytes()
+        arr = arr[..., :-1] if mode == "RGBA" else arr[..., 0]
+    if arr.ndim == 3:
+        images = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+    else:
+        images = torch.from_numpy(np.ascontiguousarray(arr))[None]
+    return ImageFile("png", images, {"mode": mode, "size": list(size)}, side, sha)
+
+
+# ---------------------------------------------------------------------------------- writers
+def _content(f: ImageFile) -> bytes:
+    """The bytes inside any gzip wrapper, for IDX and CIFAR files."""
+    imgs = f.images.numpy()
+    if f.kind == "idx":
+        n, h, w = imgs.shape
+        return struct.pack(">BBBB3I", 0, 0, 0x08, 3, n, h, w) + imgs.tobytes()
+    labels = np.frombuffer(f.side_data, dtype=np.uint8)
+    return np.concatenate([labels[:, None], imgs.reshape(len(imgs), -1)], axis=1).tobytes()
+
+
+def write_image_file(f: ImageFile) -> bytes:
+    """Rebuild the original file's bytes (PNG: a PNG with the same pixels, size and mode)."""
+    imgs = f.images.numpy()
+    if f.kind in ("idx", "cifar"):
+        return wrap_gzip(_content(f), f.restore.get("gzip"))
+    if f.kind == "npy":
+        arr = imgs.transpose(0, 2, 3, 1) if f.restore.get("channels_last") else imgs
+        body = arr.tobytes(order="F" if f.restore.get("fortran") else "C")
+        return bytes.fromhex(f.restore["header"]) + body
+    if f.kind == "png":
+        return _write_png(f)
+    raise DataError(f"unknown file kind {f.kind!r}")
+
+
+def _write_png(f: ImageFile) -> bytes:
+    from PIL import Image
+
+    mode = f.restore["mode"]
+    img = f.images[0].numpy()
+    if img.ndim == 3:
+        img = img.transpose(1, 2, 0)
+    if mode in ("RGBA", "LA"):
+        alpha = np.frombuffer(f.side_data, dtype=np.uint8).reshape(img.shape[:2])
+        img = np.dstack([img, alpha]) if img.ndim == 3 else np.dstack([img, alpha])
+    if mode == "1":
+        im = Image.fromarray((img * 255).astype(np.uint8), "L").convert("1")
+    else:
+        im = Image.fromarray(np.ascontiguousarray(img), mode)
+    out = io.BytesIO()
+    im.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def png_pixels_sha(data: bytes) -> str:
+    """SHA-256 of a PNG's canonical pixel description (mode, size, pixels)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        arr = np.asarray(im, dtype=np.uint8) if im.mode == "1" else np.asarray(im)
+        return _png_sha(im.mode, im.size, arr)
+
+
+def restored_sha(kind: str, data: bytes) -> str:
+    """The checksum a restored file is verified against (same definition as at reading)."""
+    return png_pixels_sha(data) if kind == "png" else hashlib.sha256(data).hexdigest()
+
+
+def check_restorable(f: ImageFile) -> None:
+    """Raise DataError unless :func:`write_image_file` reproduces the original exactly. (A gzip
+    wrapper was already verified when read, so only the content inside it is rebuilt here.)"""
+    if f.kind in ("idx", "cifar") and f.content_sha256:
+        if hashlib.sha256(_content(f)).hexdigest() != f.content_sha256:
+            raise DataError("this file cannot be restored exactly from its pixels (unusual layout); not compressed")
+        return
+    if restored_sha(f.kind, write_image_file(f)) != f.sha256:
+        raise DataError("this file cannot be restored exactly from its pixels (unusual layout); not compressed")
