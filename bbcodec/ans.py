@@ -156,9 +156,14 @@ class Message:
 
     # ------------------------------------------------------------------ coding
     def _index(self, lanes: Index):
-        """Flat lane indices (an int64 tensor of the view's shape) for a ``lanes`` index, or None."""
+        """Flat lane indices for a ``lanes`` index: None (all lanes, in their shape), a step-1
+        ``slice`` of the flattened lanes (a contiguous range), or an int64 tensor of the view's
+        shape."""
         if lanes is None:
             return None
+        if isinstance(lanes, slice) and self.heads.dim() == 1 and lanes.step in (None, 1):
+            start, stop, _ = lanes.indices(self.heads.numel())
+            return slice(start, max(start, stop))
         flat = torch.arange(self.heads.numel(), device=self.device).reshape(self.heads.shape)
         return flat[lanes]
 
@@ -169,7 +174,7 @@ class Message:
         if idx is None:
             self.heads = heads
         else:
-            self.heads.reshape(-1)[idx] = heads
+            self.heads.reshape(-1)[idx] = heads.reshape(-1) if isinstance(idx, slice) else heads
 
     @staticmethod
     def _check_shapes(heads, start, freq):
@@ -225,7 +230,9 @@ class Message:
 
     def reshape(self, shape) -> "MessageView":
         """A view of all lanes with another shape (row-major)."""
-        return MessageView(self, self._index(slice(None)).reshape(shape))
+        if tuple(shape) == (self.heads.numel(),):
+            return MessageView(self, slice(0, self.heads.numel()))
+        return MessageView(self, torch.arange(self.heads.numel(), device=self.device).reshape(shape))
 
     # ------------------------------------------------------------------ uniform bits
     def push_bits(self, values: torch.Tensor, nbits: int, lanes: Index = None) -> None:
@@ -406,18 +413,26 @@ def check_interval(start: torch.Tensor, freq: torch.Tensor, precision: int) -> N
 
 
 class MessageView:
-    """Some lanes of a :class:`Message`, addressed by flat lane indices; same coding interface.
+    """Some lanes of a :class:`Message`, addressed by flat lane indices (a contiguous ``slice`` or
+    an index tensor); same coding interface.
 
     Views nest (``view.view(...)``, ``view.reshape(...)``) and share the parent's heads and stream.
     Words emitted or read by one operation are ordered by the view's own row-major order.
     """
 
-    def __init__(self, root: Message, idx: torch.Tensor):
+    def __init__(self, root: Message, idx):
         self.root = root
         self.idx = idx
 
+    def _tensor_idx(self):
+        if isinstance(self.idx, slice):
+            return torch.arange(self.idx.start, self.idx.stop, device=self.root.device)
+        return self.idx
+
     @property
     def lane_shape(self) -> tuple:
+        if isinstance(self.idx, slice):
+            return (self.idx.stop - self.idx.start,)
         return tuple(self.idx.shape)
 
     @property
@@ -429,16 +444,21 @@ class MessageView:
         return self.root._get(self.idx)
 
     def _sub(self, lanes):
-        return None if lanes is None else self.idx[lanes]
+        if lanes is None:
+            return self.idx
+        if isinstance(self.idx, slice) and isinstance(lanes, slice) and lanes.step in (None, 1):
+            start, stop, _ = lanes.indices(self.idx.stop - self.idx.start)
+            return slice(self.idx.start + start, self.idx.start + max(start, stop))
+        return self._tensor_idx()[lanes]
 
     def push(self, start, freq, precision, lanes=None):
-        self.root._push(start, freq, precision, self.idx if lanes is None else self._sub(lanes))
+        self.root._push(start, freq, precision, self._sub(lanes))
 
     def peek(self, precision, lanes=None):
-        return self.root._peek(precision, self.idx if lanes is None else self._sub(lanes))
+        return self.root._peek(precision, self._sub(lanes))
 
     def pop(self, start, freq, precision, lanes=None):
-        self.root._pop(start, freq, precision, self.idx if lanes is None else self._sub(lanes))
+        self.root._pop(start, freq, precision, self._sub(lanes))
 
     def push_bits(self, values, nbits, lanes=None):
         self.push(values, torch.ones_like(values), nbits, lanes)
@@ -449,7 +469,9 @@ class MessageView:
         return values
 
     def view(self, lanes) -> "MessageView":
-        return MessageView(self.root, self.idx[lanes])
+        return MessageView(self.root, self._sub(lanes))
 
     def reshape(self, shape) -> "MessageView":
-        return MessageView(self.root, self.idx.reshape(shape))
+        if isinstance(self.idx, slice) and tuple(shape) == self.lane_shape:
+            return self
+        return MessageView(self.root, self._tensor_idx().reshape(shape))

@@ -92,13 +92,22 @@ class MonotoneTable:
         return self._cache[key]
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        values, deltas = self._on(t.device)
-        u = (t - self.lo) * self.scale
+        return self.at_coordinate((t - self.lo) * self.scale)
+
+    def coordinate_map(self, scale: torch.Tensor, offset: torch.Tensor):
+        """For ``t = x * scale + offset``, the (slope, intercept) of the table coordinate
+        ``(t - lo) * 2**log2_steps`` as a function of ``x``; evaluate with
+        ``at_coordinate(x * slope + intercept)`` (one multiply-add fewer per call)."""
+        slope = scale * self.scale
+        return slope, (offset - self.lo) * self.scale
+
+    def at_coordinate(self, u: torch.Tensor) -> torch.Tensor:
+        """The function at table coordinate ``u`` (index units, clamped to the table)."""
+        values, deltas = self._on(u.device)
         u = torch.clamp(u, 0.0, float(self.size - 1))
         cell = torch.floor(u)
-        w = u - cell
         idx = cell.to(torch.int64)
-        return values[idx] + w * deltas[idx]
+        return values[idx] + (u - cell) * deltas[idx]
 
 
 @functools.lru_cache(maxsize=None)

@@ -142,12 +142,33 @@ class CDFModel(EntropyModel):
         return lo, hi - lo
 
     def lookup(self, slot: torch.Tensor):
-        # Largest i with C(i) <= slot, by bisection on the bits of i.
-        sym = torch.zeros_like(slot)
-        lo_c = torch.zeros_like(slot)
-        for bit in reversed(range(max(1, (self.n - 1).bit_length()))):
+        """Largest ``i`` with ``C(i) <= slot``. The end symbols (often most of the mass: image
+        backgrounds, saturated pixels) are decided with one probe each; only the remaining lanes
+        are bisected."""
+        if self.n <= 4 or slot.dim() != 1:
+            return self._bisect(slot, 0, self.n)
+        ones = torch.ones_like(slot)
+        c1 = self.cumulative(ones)
+        c_last = self.cumulative(ones * (self.n - 1))
+        top = 1 << self.precision
+        sym = torch.where(slot < c1, 0, self.n - 1)
+        lo = torch.where(slot < c1, 0, c_last)
+        hi = torch.where(slot < c1, c1, top)
+        inner = torch.nonzero((slot >= c1) & (slot < c_last)).squeeze(1)
+        if inner.numel():
+            s_in, lo_in, f_in = self[inner]._bisect(slot[inner], 1, self.n - 1)
+            sym = sym.index_put((inner,), s_in)
+            lo = lo.index_put((inner,), lo_in)
+            hi = hi.index_put((inner,), lo_in + f_in)
+        return sym, lo, hi - lo
+
+    def _bisect(self, slot: torch.Tensor, first: int, stop: int):
+        """Largest ``i`` in ``[first, stop)`` with ``C(i) <= slot`` (given ``C(first) <= slot``)."""
+        sym = torch.full_like(slot, first)
+        lo_c = self.cumulative(sym) if first else torch.zeros_like(slot)
+        for bit in reversed(range(max(1, (stop - 1 - first).bit_length()))):
             cand = sym + (1 << bit)
-            ok = cand < self.n
+            ok = cand < stop
             c = self.cumulative(torch.where(ok, cand, sym))
             take = ok & (c <= slot)
             sym = torch.where(take, cand, sym)
@@ -420,7 +441,7 @@ class LogisticMixture(CDFModel):
     and components summed in index order, so the result is deterministic.
     """
 
-    _params = (("means", 1), ("inv_scales", 1), ("weights", 1), ("low_mass", 0))
+    _params = (("slopes", 1), ("intercepts", 1), ("weights", 1), ("low_mass", 0))
 
     def __init__(self, means, scales, weights=None, logits=None, n: int = 256, precision: int = 24,
                  end_masses: bool = False):
@@ -453,13 +474,17 @@ class LogisticMixture(CDFModel):
         if bool((scales <= 0).any()):
             raise ModelError("scales must be positive")
         self.n, self.precision, self.shape = int(n), precision, tuple(means.shape[:-1])
-        self.means, self.inv_scales, self.weights, self.low_mass = means, 1.0 / scales, w, low
+        inv = 1.0 / scales
+        # sigmoid((i - 0.5 - mean) / scale) = table(i * slope + intercept), per component
+        self.slopes, self.intercepts = detmath.sigmoid_table().coordinate_map(inv, (-0.5 - means) * inv)
+        self.weights, self.low_mass = w, low
 
     def edge_cdf(self, i):
-        x = i.to(torch.float64) - 0.5
+        x = i.to(torch.float64)
+        table = detmath.sigmoid_table()
         out = self.low_mass
-        for k in range(self.means.shape[-1]):
-            out = out + self.weights[..., k] * detmath.sigmoid((x - self.means[..., k]) * self.inv_scales[..., k])
+        for k in range(self.slopes.shape[-1]):
+            out = out + self.weights[..., k] * table.at_coordinate(x * self.slopes[..., k] + self.intercepts[..., k])
         return out
 
 

@@ -184,9 +184,9 @@ def _read_png(raw: bytes, path: Path) -> ImageFile:
         side = arr[..., -1].tobytes()
         arr = arr[..., :-1] if mode == "RGBA" else arr[..., 0]
     if arr.ndim == 3:
-        images = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+        images = torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))[None]
     else:
-        images = torch.from_numpy(np.ascontiguousarray(arr))[None]
+        images = torch.from_numpy(np.array(arr, order="C"))[None]
     return ImageFile("png", images, {"mode": mode, "size": list(size)}, side, sha)
 
 

@@ -95,11 +95,10 @@ class ContextVAE(nn.Module):
 
     # ------------------------------------------------------------------ layout
     def _layout(self):
-        """Flat pixel positions of each group, and for each group the flat indices (into the image
-        padded by ``context // 2``) of every pixel's known neighbours."""
+        """Flat pixel positions of each group, and for each group the flat indices of every
+        pixel's known neighbours (``H*W`` for neighbours outside the image: the padding slot)."""
         c = self.config
         r = c.context // 2
-        pw = c.width + 2 * r
         ii, jj = torch.meshgrid(torch.arange(c.height), torch.arange(c.width), indexing="ij")
         group = torch.empty(c.height, c.width, dtype=torch.int64)
         for (pi, pj), g in GROUP_OF_PARITY.items():
@@ -112,7 +111,11 @@ class ContextVAE(nn.Module):
             offsets = [(di, dj) for di in range(-r, r + 1) for dj in range(-r, r + 1)
                        if (di, dj) != (0, 0) and GROUP_OF_PARITY[((pi + di) % 2, (pj + dj) % 2)] < g]
             i, j = ii.reshape(-1)[pos], jj.reshape(-1)[pos]
-            idx = [(i + r + di) * pw + (j + r + dj) for di, dj in offsets]
+            idx = []
+            for di, dj in offsets:
+                ni, nj = i + di, j + dj
+                inside = (ni >= 0) & (ni < c.height) & (nj >= 0) & (nj < c.width)
+                idx.append(torch.where(inside, ni * c.width + nj, c.height * c.width))
             contexts.append(torch.stack(idx, 1) if idx else torch.zeros(len(pos), 0, dtype=torch.int64))
             positions.append(pos)
         return positions, contexts
@@ -147,8 +150,8 @@ class ContextVAE(nn.Module):
     def posterior(self, x: torch.Tensor, num: Numerics):
         """``q(z|x)``: (mean, log_scale) of shape ``(B, latent_dim)`` as real tensors."""
         h = num.input(self.scaled(x).reshape(x.shape[0], -1))
-        h = num.relu(num.linear(self.enc1, h))
-        h = num.relu(num.linear(self.enc2, h))
+        h = num.linear(self.enc1, h, relu=True)
+        h = num.linear(self.enc2, h, relu=True)
         out = num.value(num.linear(self.enc3, h))
         d = self.config.latent_dim
         return out[:, :d], torch.clamp(out[:, d:], *LOG_SCALE_RANGE)
@@ -158,10 +161,10 @@ class ContextVAE(nn.Module):
         latent values ``z`` ``(B, latent_dim)`` (multiples of ``2**-ACT_BITS`` when exact)."""
         c = self.config
         b = z.shape[0]
-        h = num.relu(num.linear(self.dec1, num.input(z)))
-        h = num.relu(num.linear(self.dec2, h))
+        h = num.linear(self.dec1, num.input(z), relu=True)
+        h = num.linear(self.dec2, h, relu=True)
         h = h.reshape(b * self.grid[0] * self.grid[1], c.channels)
-        f = num.relu(num.linear(self.up, h))
+        f = num.linear(self.up, h, relu=True)
         f = f.reshape(b, self.grid[0], self.grid[1], c.cell, c.cell, c.features)
         f = f.permute(0, 1, 3, 2, 4, 5).reshape(b, c.height * c.width, c.features)
         return f
@@ -171,24 +174,22 @@ class ContextVAE(nn.Module):
         pixel tensors of groups ``0..g-1`` (a tuple)."""
         c = self.config
         b = feats.shape[0]
-        r = c.context // 2
         pos = self.positions(g)
         inputs = feats[:, pos]
         ctx = getattr(self, f"ctx{g}")
         if ctx.shape[1]:
+            # known pixels in a flat vector whose last entry is the padding value
             pad_value = 0.0 if c.pixels == "binary" else -1.0
-            known = torch.full((b, c.height + 2 * r, c.width + 2 * r), pad_value, dtype=torch.float64, device=pos.device)
-            inner = known[:, r: r + c.height, r: r + c.width].reshape(b, -1)
+            known = torch.full((b, c.height * c.width + 1), pad_value, dtype=torch.float64, device=pos.device)
             for gg, pix in enumerate(previous):
-                inner[:, self.positions(gg)] = self.scaled(pix)
-            known[:, r: r + c.height, r: r + c.width] = inner.reshape(b, c.height, c.width)
-            neighbours = known.reshape(b, -1)[:, ctx]  # (B, n_g, c_g)
+                known[:, self.positions(gg)] = self.scaled(pix)
+            neighbours = known[:, ctx]  # (B, n_g, c_g)
             inputs = torch.cat([inputs, num.input(neighbours).to(inputs.dtype)], -1)
         l1, l2, l3 = self.heads[g]
         n_g = pos.numel()
         h = inputs.reshape(b * n_g, -1)
-        h = num.relu(num.linear(l1, h))
-        h = num.relu(num.linear(l2, h))
+        h = num.linear(l1, h, relu=True)
+        h = num.linear(l2, h, relu=True)
         return num.value(num.linear(l3, h)).reshape(b, n_g, -1)
 
     # ------------------------------------------------------------------ training

@@ -3,12 +3,12 @@
 A codec's encoder and decoder must compute *identical* distribution parameters, but float32
 matrix products round differently with the thread count, the batch shape and the device. So at
 coding time every network here runs in exact arithmetic: weights are rounded to multiples of
-``2**-WEIGHT_BITS``, activations to multiples of ``2**-ACT_BITS``, and both are held as integers
-in float64 tensors. A product of two such integers is an integer below ``2**40`` and a layer sums
-at most ``2**11`` of them, so every partial sum is an exactly representable integer below
-``2**53``: the result does not depend on the summation order, hence not on BLAS blocking,
-threads, batch shape or device. Re-quantising after each layer (``floor(y * 2**-WEIGHT_BITS +
-1/2)``) is exact too.
+``2**-WEIGHT_BITS`` (``|w| < 16``) and activations are integers in units of ``2**-ACT_BITS``
+(``|a| < 2**24`` units), all in float64. A product is then a multiple of ``2**-WEIGHT_BITS``
+below ``2**28`` and a layer sums at most ``2**11`` of them, so every partial sum is a multiple of
+``2**-12`` below ``2**39``: it has at most 51 significant bits and is exactly representable. The
+result does not depend on the summation order, hence not on BLAS blocking, threads, batch shape
+or device. Rounding to the activation grid after each layer (round half to even) is exact too.
 
 Networks are written once against :class:`Numerics`: :class:`FloatNumerics` (training, float32,
 autograd) and :class:`ExactNumerics` (coding) implement the same few operations.
@@ -34,10 +34,8 @@ class Numerics:
         """Wrap a float tensor whose values are exact multiples of ``2**-ACT_BITS``."""
         raise NotImplementedError
 
-    def linear(self, layer: nn.Linear, x):
-        raise NotImplementedError
-
-    def relu(self, x):
+    def linear(self, layer: nn.Linear, x, relu: bool = False):
+        """``layer(x)``, followed by a ReLU when ``relu``."""
         raise NotImplementedError
 
     def value(self, x) -> torch.Tensor:
@@ -51,11 +49,9 @@ class FloatNumerics(Numerics):
     def input(self, x):
         return x.float()
 
-    def linear(self, layer, x):
-        return F.linear(x, layer.weight, layer.bias)
-
-    def relu(self, x):
-        return F.relu(x)
+    def linear(self, layer, x, relu=False):
+        y = F.linear(x, layer.weight, layer.bias)
+        return F.relu(y) if relu else y
 
     def value(self, x):
         return x
@@ -78,12 +74,14 @@ class ExactNumerics(Numerics):
             return hit[1]
         if layer.in_features > MAX_FAN_IN:
             raise ValueError(f"fan-in {layer.in_features} exceeds {MAX_FAN_IN}: exactness not guaranteed")
-        w = quantise(layer.weight.detach().double(), WEIGHT_BITS, WEIGHT_LIMIT)
+        # real weights on the 2**-WEIGHT_BITS grid; the bias on the activation grid (in units)
+        w = quantise(layer.weight.detach().double(), WEIGHT_BITS, WEIGHT_LIMIT) * (1.0 / (1 << WEIGHT_BITS))
         b = None
         if layer.bias is not None:
-            b = quantise(layer.bias.detach().double(), ACT_BITS + WEIGHT_BITS, ACT_LIMIT * WEIGHT_LIMIT)
-        self._cache[id(layer)] = (key, (w.t().contiguous(), b))
-        return w.t().contiguous(), b
+            b = quantise(layer.bias.detach().double(), ACT_BITS, ACT_LIMIT)
+        entry = (w.t().contiguous(), b)
+        self._cache[id(layer)] = (key, entry)
+        return entry
 
     def input(self, x):
         x = x.to(torch.float64) * float(1 << ACT_BITS)
@@ -91,15 +89,10 @@ class ExactNumerics(Numerics):
             raise ValueError("inputs must be multiples of 2**-ACT_BITS")
         return torch.clamp(x, -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
-    def linear(self, layer, x):
+    def linear(self, layer, x, relu=False):
         w, b = self._weights(layer)
-        # exact: every partial sum is an integer below 2**53
-        y = torch.addmm(b, x, w) if b is not None else x @ w
-        y.mul_(1.0 / (1 << WEIGHT_BITS)).add_(0.5).floor_()
-        return y.clamp_(-ACT_LIMIT + 1, ACT_LIMIT - 1)
-
-    def relu(self, x):
-        return x.clamp_(min=0.0)
+        y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
+        return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def value(self, x):
         return x * (1.0 / (1 << ACT_BITS))
@@ -107,10 +100,10 @@ class ExactNumerics(Numerics):
 
 def quantise(t: torch.Tensor, frac_bits: int, limit: float) -> torch.Tensor:
     """Round float64 values to integers in units of ``2**-frac_bits``, clamped to ``|v| < limit``."""
-    v = torch.floor(t * float(1 << frac_bits) + 0.5)
+    v = torch.round(t * float(1 << frac_bits))
     return torch.clamp(v, -limit + 1, limit - 1)
 
 
 def to_grid(x: torch.Tensor) -> torch.Tensor:
     """Round real values (float64) to the activation grid, returning real values on the grid."""
-    return torch.floor(x.to(torch.float64) * float(1 << ACT_BITS) + 0.5) * (1.0 / (1 << ACT_BITS))
+    return torch.round(x.to(torch.float64) * float(1 << ACT_BITS)) * (1.0 / (1 << ACT_BITS))
