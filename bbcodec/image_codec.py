@@ -69,9 +69,10 @@ class CodingStats:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
-
-class ContextVAECodec:
-    """Codes uint8 image tensors ``(N, H, W)`` with a ContextVAE."""
+class BatchedImageCodec:
+    """Shared machinery: images coded batch after batch on one message whose lanes grow as the
+    coded data pays for them. Subclasses provide :meth:`_batch_codec` (a codec for a batch of
+    ``size`` images), :meth:`image_shape` and :meth:`negative_elbo`."""
 
     def __init__(self, model, params: CodingParams | None = None, seed: int = 0):
         self.model = model
@@ -79,38 +80,15 @@ class ContextVAECodec:
         self.params = params or CodingParams()
         self.seed = seed
         self.num = ExactNumerics()
-        self.bits = self.cfg.latent_bits
-        self.binary = isinstance(model.likelihood, BernoulliLikelihood)
-        if self.binary:
-            for n in model.group_sizes():
-                if n % self.params.pack:
-                    raise ValueError(f"pack={self.params.pack} does not divide the group size {n}")
 
-    # ------------------------------------------------------------------ pieces of one batch
-    def _posterior(self, x):
-        mean, log_scale = self.model.posterior(x, self.num)
-        return C.Spread(em.GaussianOnBins(mean, detmath.exp(log_scale), self.bits, precision=self.params.precision))
+    def image_shape(self) -> tuple:
+        raise NotImplementedError
 
-    def _prior(self, size):
-        return C.Spread(em.Uniform(1 << self.bits, (size, self.cfg.latent_dim)))
+    def _batch_codec(self, size: int) -> C.Codec:
+        raise NotImplementedError
 
-    def _group_codec(self, g, feats, previous):
-        raw = self.model.head(g, feats, previous, self.num)
-        if self.binary:
-            pack = self.params.pack
-            model = self.model.likelihood.packed_model(raw, pack)
-            return C.Transform(C.Spread(model), lambda x: em.PackedBernoulli.pack(x.reshape(x.shape[0], -1, pack)),
-                               lambda s: em.PackedBernoulli.unpack(s, pack).reshape(s.shape[0], -1))
-        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
-
-    def _likelihood(self, z):
-        values = to_grid(em.bin_centres(z, self.bits))
-        feats = self.model.features(values, self.num)
-        return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.model.groups)
-
-    def _batch_codec(self, size):
-        bbans = C.BBANS(self._prior(size), self._likelihood, lambda groups: self._posterior(self.model.join_groups(groups)))
-        return C.Transform(bbans, self.model.split_groups, self.model.join_groups)
+    def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ whole datasets
     def encode(self, images: torch.Tensor, progress=None) -> tuple[bytes, CodingStats]:
@@ -141,7 +119,7 @@ class ContextVAECodec:
         msg = Message.from_bytes(data)
         if msg.lane_shape != (plan[-1][1],):
             raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1][1]}")
-        out = torch.empty((n_images, self.cfg.height, self.cfg.width), dtype=torch.uint8)
+        out = torch.empty((n_images,) + tuple(self.image_shape()), dtype=torch.uint8)
         end = n_images
         with torch.inference_mode():
             for i in range(len(plan) - 1, -1, -1):
@@ -157,6 +135,48 @@ class ContextVAECodec:
         if not torch.equal(msg.heads, start.heads):
             raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
         return out
+
+
+class ContextVAECodec(BatchedImageCodec):
+    """Codes uint8 image tensors ``(N, H, W)`` with a ContextVAE."""
+
+    def __init__(self, model, params: CodingParams | None = None, seed: int = 0):
+        super().__init__(model, params, seed)
+        self.bits = self.cfg.latent_bits
+        self.binary = isinstance(model.likelihood, BernoulliLikelihood)
+        if self.binary:
+            for n in model.group_sizes():
+                if n % self.params.pack:
+                    raise ValueError(f"pack={self.params.pack} does not divide the group size {n}")
+
+    def image_shape(self):
+        return (self.cfg.height, self.cfg.width)
+
+    # ------------------------------------------------------------------ pieces of one batch
+    def _posterior(self, x):
+        mean, log_scale = self.model.posterior(x, self.num)
+        return C.Spread(em.GaussianOnBins(mean, detmath.exp(log_scale), self.bits, precision=self.params.precision))
+
+    def _prior(self, size):
+        return C.Spread(em.Uniform(1 << self.bits, (size, self.cfg.latent_dim)))
+
+    def _group_codec(self, g, feats, previous):
+        raw = self.model.head(g, feats, previous, self.num)
+        if self.binary:
+            pack = self.params.pack
+            model = self.model.likelihood.packed_model(raw, pack)
+            return C.Transform(C.Spread(model), lambda x: em.PackedBernoulli.pack(x.reshape(x.shape[0], -1, pack)),
+                               lambda s: em.PackedBernoulli.unpack(s, pack).reshape(s.shape[0], -1))
+        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
+
+    def _likelihood(self, z):
+        values = to_grid(em.bin_centres(z, self.bits))
+        feats = self.model.features(values, self.num)
+        return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.model.groups)
+
+    def _batch_codec(self, size):
+        bbans = C.BBANS(self._prior(size), self._likelihood, lambda groups: self._posterior(self.model.join_groups(groups)))
+        return C.Transform(bbans, self.model.split_groups, self.model.join_groups)
 
     # ------------------------------------------------------------------ the model's rate
     def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
@@ -177,5 +197,110 @@ class ContextVAECodec:
                 for g in range(self.model.groups):
                     raw = self.model.head(g, feats, groups[:g], self.num)
                     nll_bits -= lik.log_prob(groups[g], raw).sum().item() / math.log(2)
+                kl_bits += kl.item() / math.log(2)
+        return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
+
+
+class _Copy(C.Codec):
+    """A group whose symbols are a known function of earlier groups: costs nothing."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def push(self, message, symbols) -> None:
+        if not torch.equal(torch.as_tensor(symbols), self.value):
+            raise em.ModelError("symbols differ from the value implied by earlier groups")
+
+    def pop(self, message):
+        return self.value
+
+
+class HierarchicalVAECodec(BatchedImageCodec):
+    """Codes uint8 colour tiles ``(N, C, P, P)`` with a :class:`HierarchicalVAE`.
+
+    One batch is one bits-back step over the latent pair ``(z2, z1)`` (HiLLoC order): pop ``z2``
+    with ``q(z2|x)`` on N(0, 1)'s max-entropy bins, pop ``z1`` with ``q(z1|x)`` on the bins of equal
+    mass under ``p(z1|z2)``, push the twelve sub-pixel steps, push ``z1`` and ``z2`` as uniform bin
+    indices. With ``grey=True`` only the first channel is coded; the others are copies of it.
+    """
+
+    def __init__(self, model, params: CodingParams | None = None, seed: int = 0, grey: bool = False):
+        super().__init__(model, params, seed)
+        self.bits = self.cfg.latent_bits
+        self.grey = grey
+        p = self.cfg.patch
+        self.z1_shape = (self.cfg.z1_channels, p // 2, p // 2)
+        self.z2_shape = (self.cfg.z2_channels, p // 4, p // 4)
+
+    def image_shape(self):
+        return (self.cfg.channels, self.cfg.patch, self.cfg.patch)
+
+    def _z2_values(self, bins):
+        return to_grid(em.bin_centres(bins, self.bits))
+
+    def _prior1(self, z2_bins):
+        pm, log_ps = self.model.prior1(self._z2_values(z2_bins), self.num)
+        return pm, detmath.exp(log_ps)
+
+    def _posterior(self, x):
+        (m1, s1), (m2, s2) = self.model.posterior(x, self.num)
+        p = self.params.precision
+
+        def layer(i, previous):
+            if i == 0:
+                return C.Spread(em.GaussianOnBins(m2, detmath.exp(s2), self.bits, precision=p))
+            pm, ps = self._prior1(previous[0])
+            return C.Spread(em.GaussianOnBins(m1, detmath.exp(s1), self.bits, pm, ps, precision=p))
+
+        return C.AutoregressiveGroups(layer, 2)
+
+    def _prior(self, size):
+        return C.Sequence([C.Spread(em.Uniform(1 << self.bits, (size,) + self.z2_shape)),
+                           C.Spread(em.Uniform(1 << self.bits, (size,) + self.z1_shape))])
+
+    def _step_codec(self, step, feats, previous):
+        if self.grey and step % self.cfg.channels:
+            return _Copy(previous[step - step % self.cfg.channels])
+        p = self.cfg.patch
+        raw = self.model.head(step, feats, previous, p, p, self.num)
+        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
+
+    def _likelihood(self, z):
+        z2_bins, z1_bins = z
+        pm, ps = self._prior1(z2_bins)
+        z1 = to_grid(em.bin_centres(z1_bins, self.bits, pm, ps))
+        feats = self.model.features(z1, self.num)
+        return C.AutoregressiveGroups(lambda s, prev: self._step_codec(s, feats, prev), self.model.steps)
+
+    def _batch_codec(self, size):
+        p = self.cfg.patch
+        bbans = C.BBANS(self._prior(size), self._likelihood,
+                        lambda parts: self._posterior(self.model.join_steps(parts, p, p)))
+        return C.Transform(bbans, self.model.split_steps, lambda parts: self.model.join_steps(parts, p, p))
+
+    def negative_elbo(self, images: torch.Tensor, batch: int = 200, seed: int = 0) -> dict:
+        """Negative ELBO in bits (exact networks, analytic KLs given one seeded z2 sample, one z1
+        sample), summed over tiles. In grey mode only the first channel's terms count."""
+        from .models.hierarchical_vae import gaussian_kl
+
+        gen = torch.Generator().manual_seed(seed)
+        kl_bits = nll_bits = 0.0
+        lik = self.model.likelihood
+        p = self.cfg.patch
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                x = images[i: i + batch].to(torch.int64)
+                (m1, s1), (m2, s2) = self.model.posterior(x, self.num)
+                z2 = to_grid(m2 + torch.randn(m2.shape, generator=gen, dtype=torch.float64) * torch.exp(s2))
+                pm, log_ps = self.model.prior1(z2, self.num)
+                z1 = to_grid(m1 + torch.randn(m1.shape, generator=gen, dtype=torch.float64) * torch.exp(s1))
+                kl = gaussian_kl(m1, s1, pm, log_ps).sum() + gaussian_kl(m2, s2, 0.0, 0.0).sum()
+                feats = self.model.features(z1, self.num)
+                parts = self.model.split_steps(x)
+                for step in range(self.model.steps):
+                    if self.grey and step % self.cfg.channels:
+                        continue
+                    raw = self.model.head(step, feats, parts[:step], p, p, self.num)
+                    nll_bits -= lik.log_prob(parts[step], raw).sum().item() / math.log(2)
                 kl_bits += kl.item() / math.log(2)
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}

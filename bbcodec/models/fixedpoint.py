@@ -38,6 +38,14 @@ class Numerics:
         """``layer(x)``, followed by a ReLU when ``relu``."""
         raise NotImplementedError
 
+    def conv(self, layer: nn.Conv2d, x, relu: bool = False):
+        """``layer(x)`` for a 2-d convolution (any kernel, stride, zero padding), then ReLU."""
+        raise NotImplementedError
+
+    def add(self, x, y):
+        """Elementwise sum of two activations (residual connections)."""
+        raise NotImplementedError
+
     def value(self, x) -> torch.Tensor:
         """The real values of activations (float32 for training, exact float64 for coding)."""
         raise NotImplementedError
@@ -53,6 +61,13 @@ class FloatNumerics(Numerics):
         y = F.linear(x, layer.weight, layer.bias)
         return F.relu(y) if relu else y
 
+    def conv(self, layer, x, relu=False):
+        y = layer(x)
+        return F.relu(y) if relu else y
+
+    def add(self, x, y):
+        return x + y
+
     def value(self, x):
         return x
 
@@ -67,15 +82,18 @@ class ExactNumerics(Numerics):
     def __init__(self):
         self._cache = {}
 
-    def _weights(self, layer: nn.Linear):
+    def _weights(self, layer):
+        """(weights as a ``(fan_in, out)`` matrix of multiples of 2**-WEIGHT_BITS, bias in activation
+        units), for a Linear or a Conv2d (im2col order), cached."""
         key = (id(layer), layer.weight._version, layer.weight.device)
         hit = self._cache.get(id(layer))
         if hit is not None and hit[0] == key:
             return hit[1]
-        if layer.in_features > MAX_FAN_IN:
-            raise ValueError(f"fan-in {layer.in_features} exceeds {MAX_FAN_IN}: exactness not guaranteed")
+        w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+        if w.shape[1] > MAX_FAN_IN:
+            raise ValueError(f"fan-in {w.shape[1]} exceeds {MAX_FAN_IN}: exactness not guaranteed")
         # real weights on the 2**-WEIGHT_BITS grid; the bias on the activation grid (in units)
-        w = quantise(layer.weight.detach().double(), WEIGHT_BITS, WEIGHT_LIMIT) * (1.0 / (1 << WEIGHT_BITS))
+        w = quantise(w, WEIGHT_BITS, WEIGHT_LIMIT) * (1.0 / (1 << WEIGHT_BITS))
         b = None
         if layer.bias is not None:
             b = quantise(layer.bias.detach().double(), ACT_BITS, ACT_LIMIT)
@@ -93,6 +111,24 @@ class ExactNumerics(Numerics):
         w, b = self._weights(layer)
         y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
         return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
+
+    def conv(self, layer, x, relu=False):
+        # im2col + one matrix product: exact, unlike library convolutions that may use
+        # Winograd or FFT transforms
+        w, b = self._weights(layer)
+        n, _, h, wd = x.shape
+        kh, kw = layer.kernel_size
+        sh, sw = layer.stride
+        ph, pw = layer.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+        cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # (N, C*kh*kw, L)
+        cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
+        y = torch.addmm(b, cols, w) if b is not None else cols @ w
+        y = y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
+        return y.reshape(n, oh * ow, -1).transpose(1, 2).reshape(n, -1, oh, ow)
+
+    def add(self, x, y):
+        return torch.clamp(x + y, -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def value(self, x):
         return x * (1.0 / (1 << ACT_BITS))

@@ -1,0 +1,240 @@
+"""A hierarchical, fully convolutional VAE for colour images with a local-context likelihood.
+
+Two latent layers, ``z1`` at ``H/2 x W/2`` and ``z2`` at ``H/4 x W/4``, with the generative
+chain ``p(z2) p(z1|z2) p(x|z1)`` and a bottom-up posterior ``q(z1|x) q(z2|x)`` sharing one
+encoder trunk. Each conditional is a small convolutional network with ResNet blocks. Coding goes
+top-down (HiLLoC): ``z2`` is discretised on the max-entropy bins of N(0, 1), and ``z1`` on bins of
+equal mass under ``p(z1|z2)`` (dynamic discretisation), so both priors are exactly uniform over
+bin indices.
+
+``p(x|z1)`` is a discretised logistic mixture (with point masses at 0 and 255) per sub-pixel,
+predicted from per-pixel decoder features *and* already-decoded neighbours: pixels are split
+into four groups by coordinate parity, each group's channels go R, G, B, so there are twelve
+steps, and each step sees all channels of earlier groups and the earlier channels of its own
+group within a small window. Only linear maps, convolutions, ReLUs, nearest-neighbour upsampling
+and additions appear, so :mod:`.fixedpoint` evaluates everything exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+from .context_vae import GROUP_OF_PARITY, LOG_SCALE_RANGE
+from .fixedpoint import FloatNumerics, Numerics
+from .likelihoods import make_likelihood
+
+
+@dataclass
+class HierarchicalVAEConfig:
+    channels: int = 3
+    patch: int = 32  # training and default coding tile size (a multiple of 4)
+    width: int = 48
+    z1_channels: int = 8
+    z2_channels: int = 8
+    features: int = 16
+    head_hidden: int = 32
+    context: int = 5
+    components: int = 4
+    latent_bits: int = 8
+    pixels: str = "uint8"
+    likelihood: str = "logistic_mixture"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HierarchicalVAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names - {"arch"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return {"arch": "hierarchical_vae", **dataclasses.asdict(self)}
+
+
+class ResBlock(nn.Module):
+    """``x + conv(relu(conv(x)))`` with 3x3 convolutions; the second starts near zero."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.c2 = nn.Conv2d(ch, ch, 3, padding=1)
+        with torch.no_grad():
+            self.c2.weight.mul_(0.1)
+            self.c2.bias.zero_()
+
+    def run(self, x, num: Numerics):
+        return num.add(x, num.conv(self.c2, num.conv(self.c1, x, relu=True)))
+
+
+def upsample(x):
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+@lru_cache(maxsize=16)
+def _layout(h: int, w: int, channels: int, context: int):
+    """For each of the ``4 * channels`` steps: flat spatial positions of the group, and for every
+    such pixel the flat indices (``channel * h * w + position``; ``channels * h * w`` is the padding
+    slot) of the known sub-pixels in its context window."""
+    r = context // 2
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    group = torch.empty(h, w, dtype=torch.int64)
+    for (pi, pj), g in GROUP_OF_PARITY.items():
+        group[pi::2, pj::2] = g
+    steps = []
+    for g in range(4):
+        pos = torch.nonzero(group.reshape(-1) == g).squeeze(1)
+        pi, pj = [p for p, gg in GROUP_OF_PARITY.items() if gg == g][0]
+        i, j = ii.reshape(-1)[pos], jj.reshape(-1)[pos]
+        for c in range(channels):
+            idx = []
+            for di in range(-r, r + 1):
+                for dj in range(-r, r + 1):
+                    ng = GROUP_OF_PARITY[((pi + di) % 2, (pj + dj) % 2)]
+                    known_channels = range(channels) if ng < g else (range(c) if ng == g else ())
+                    ni, nj = i + di, j + dj
+                    inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
+                    for cc in known_channels:
+                        idx.append(torch.where(inside, cc * h * w + ni * w + nj, channels * h * w))
+            ctx = torch.stack(idx, 1) if idx else torch.zeros(len(pos), 0, dtype=torch.int64)
+            steps.append((g, c, pos, ctx))
+    return steps
+
+
+class HierarchicalVAE(nn.Module):
+    def __init__(self, config: HierarchicalVAEConfig):
+        super().__init__()
+        c = config
+        if c.patch % 4:
+            raise ValueError("patch size must be a multiple of 4")
+        self.config = c
+        self.likelihood = make_likelihood(c.likelihood, c.components)
+        w = c.width
+        # q(z1|x) and q(z2|x), sharing the trunk at H/2
+        self.q1_in = nn.Conv2d(c.channels, w, 3, stride=2, padding=1)
+        self.q1_res = ResBlock(w)
+        self.q1_out = nn.Conv2d(w, 2 * c.z1_channels, 1)
+        self.q2_down = nn.Conv2d(w, w, 3, stride=2, padding=1)
+        self.q2_res = ResBlock(w)
+        self.q2_out = nn.Conv2d(w, 2 * c.z2_channels, 1)
+        # p(z1|z2)
+        self.p1_in = nn.Conv2d(c.z2_channels, w, 3, padding=1)
+        self.p1_res = ResBlock(w)
+        self.p1_out = nn.Conv2d(w, 2 * c.z1_channels, 1)
+        # p(x|z1) trunk
+        self.px_in = nn.Conv2d(c.z1_channels, w, 3, padding=1)
+        self.px_res = ResBlock(w)
+        self.px_out = nn.Conv2d(w, c.features, 3, padding=1)
+        steps = _layout(c.patch, c.patch, c.channels, c.context)
+        self.heads = nn.ModuleList(
+            nn.ModuleList([nn.Linear(c.features + ctx.shape[1], c.head_hidden),
+                           nn.Linear(c.head_hidden, c.head_hidden),
+                           nn.Linear(c.head_hidden, self.likelihood.nout)])
+            for _, _, _, ctx in steps
+        )
+
+    @property
+    def steps(self) -> int:
+        return 4 * self.config.channels
+
+    @property
+    def dims(self) -> int:
+        return self.config.channels * self.config.patch ** 2
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def scaled(x):
+        return x.to(torch.float64) / 128.0 - 1.0
+
+    def _gaussian(self, out, nz):
+        return out[:, :nz], torch.clamp(out[:, nz:], *LOG_SCALE_RANGE)
+
+    def posterior(self, x, num: Numerics):
+        """``q(z1|x)`` and ``q(z2|x)``: ``((mean1, log_scale1), (mean2, log_scale2))`` with shapes
+        ``(B, z1_channels, H/2, W/2)`` and ``(B, z2_channels, H/4, W/4)``."""
+        h = num.conv(self.q1_in, num.input(self.scaled(x)), relu=True)
+        h = self.q1_res.run(h, num)
+        q1 = self._gaussian(num.value(num.conv(self.q1_out, h)), self.config.z1_channels)
+        h = num.conv(self.q2_down, h, relu=True)
+        h = self.q2_res.run(h, num)
+        q2 = self._gaussian(num.value(num.conv(self.q2_out, h)), self.config.z2_channels)
+        return q1, q2
+
+    def prior1(self, z2, num: Numerics):
+        """p(z1|z2) from z2 values."""
+        h = upsample(num.conv(self.p1_in, num.input(z2), relu=True))
+        h = self.p1_res.run(h, num)
+        return self._gaussian(num.value(num.conv(self.p1_out, h)), self.config.z1_channels)
+
+    def features(self, z1, num: Numerics):
+        """Per-pixel decoder features ``(B, H*W, features)`` from z1 values."""
+        h = num.conv(self.px_in, num.input(z1), relu=True)
+        h = upsample(self.px_res.run(h, num))
+        f = num.conv(self.px_out, h, relu=True)
+        b, nf = f.shape[:2]
+        return f.reshape(b, nf, -1).transpose(1, 2)
+
+    def layout(self, h, w):
+        return _layout(h, w, self.config.channels, self.config.context)
+
+    def split_steps(self, x):
+        """Images ``(B, C, H, W)`` to the tuple of per-step sub-pixel tensors ``(B, n_g)``."""
+        b, ch, h, w = x.shape
+        flat = x.reshape(b, ch, h * w)
+        return tuple(flat[:, c, pos] for _, c, pos, _ in self.layout(h, w))
+
+    def join_steps(self, parts, h, w):
+        b = parts[0].shape[0]
+        ch = self.config.channels
+        flat = torch.empty(b, ch, h * w, dtype=parts[0].dtype, device=parts[0].device)
+        for (_, c, pos, _), p in zip(self.layout(h, w), parts):
+            flat[:, c, pos] = p
+        return flat.reshape(b, ch, h, w)
+
+    def head(self, step: int, feats, previous, h: int, w: int, num: Numerics):
+        """Raw likelihood parameters ``(B, n, nout)`` of step ``step`` given the sub-pixels of the
+        earlier steps."""
+        steps = self.layout(h, w)
+        _, _, pos, ctx = steps[step]
+        b = feats.shape[0]
+        inputs = feats[:, pos.to(feats.device)]
+        if ctx.shape[1]:
+            ch = self.config.channels
+            known = torch.zeros((b, ch * h * w + 1), dtype=torch.float64, device=feats.device)
+            for (_, c, p, _), pix in zip(steps, previous):
+                known[:, c * h * w + p] = self.scaled(pix)
+            inputs = torch.cat([inputs, num.input(known[:, ctx]).to(inputs.dtype)], -1)
+        l1, l2, l3 = self.heads[step]
+        n = pos.numel()
+        hdd = num.linear(l1, inputs.reshape(b * n, -1), relu=True)
+        hdd = num.linear(l2, hdd, relu=True)
+        return num.value(num.linear(l3, hdd)).reshape(b, n, -1)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x):
+        """Negative ELBO terms in bits per image (float32, one reparameterised sample)."""
+        num = FloatNumerics()
+        b, _, h, w = x.shape
+        (m1, s1), (m2, s2) = [[t.float() for t in q] for q in self.posterior(x, num)]
+        z2 = m2 + torch.randn_like(m2) * torch.exp(s2)
+        z1 = m1 + torch.randn_like(m1) * torch.exp(s1)
+        pm1, ps1 = [t.float() for t in self.prior1(z2, num)]
+        kl = gaussian_kl(m1, s1, pm1, ps1).flatten(1).sum(1) + gaussian_kl(m2, s2, 0.0, 0.0).flatten(1).sum(1)
+        feats = self.features(z1, num)
+        parts = self.split_steps(x)
+        nll = torch.zeros(b, device=x.device)
+        for step in range(self.steps):
+            raw = self.head(step, feats, parts[:step], h, w, num).float()
+            nll = nll - self.likelihood.log_prob(parts[step], raw).sum(1)
+        return {"kl_bits": kl / math.log(2), "nll_bits": nll / math.log(2)}
+
+
+def gaussian_kl(m, log_s, pm, log_ps):
+    """KL(N(m, e^{2 log_s}) || N(pm, e^{2 log_ps})) elementwise, in nats."""
+    log_ps = torch.as_tensor(log_ps, dtype=m.dtype, device=m.device)
+    return log_ps - log_s + 0.5 * (torch.exp(2 * (log_s - log_ps)) + ((m - pm) * torch.exp(-log_ps)) ** 2) - 0.5
