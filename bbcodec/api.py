@@ -21,11 +21,12 @@ import torch
 from .container import Container
 from .errors import BBCodecError
 from .formats import ImageFile, check_restorable, read_image_file, restored_sha, write_image_file
-from .image_codec import CodingParams, ContextVAECodec
+from .image_codec import CodingParams, ContextVAECodec, HierarchicalVAECodec
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
-DEFAULT_MODELS = {("grey", "uint8"): "mnist-uint8", ("grey", "binary"): "mnist-binary"}
+MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
+COLOUR_MODEL = "cifar10-rgb"
 
 
 class UsageError(BBCodecError):
@@ -37,13 +38,20 @@ def _colour(images: torch.Tensor) -> str:
     return "colour" if images.dim() == 4 else "grey"
 
 
+def default_model(images: torch.Tensor, pixels: str) -> str:
+    """The embedded model for these images: MNIST models for 28x28 greyscale (binary or 8-bit),
+    the colour model for everything else (greyscale images of other sizes in its grey mode)."""
+    if images.dim() == 3 and tuple(images.shape[-2:]) == (28, 28):
+        return MNIST_MODELS[pixels]
+    return COLOUR_MODEL
+
+
 def choose_model(images: torch.Tensor, pixels: str, model=None):
     """The model to code these images with: ``model`` (name or path) or the embedded default."""
     if model is None:
-        name = DEFAULT_MODELS.get((_colour(images), pixels))
-        if name is None or name not in embedded_models():
-            raise UsageError(f"no embedded model for {_colour(images)} {pixels} images; pass --model")
-        model = name
+        model = default_model(images, pixels)
+        if model not in embedded_models():
+            raise UsageError(f"the default model {model!r} is not installed; pass --model")
     loaded = load_model(model)
     check_compatible(loaded, images, pixels)
     return loaded
@@ -52,45 +60,128 @@ def choose_model(images: torch.Tensor, pixels: str, model=None):
 def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
     cfg = loaded.config
     size = tuple(images.shape[-2:])
-    want = (cfg.get("height"), cfg.get("width"))
-    if _colour(images) != "grey" and cfg.get("arch") == "context_vae":
-        raise UsageError(f"model {loaded.name} codes greyscale images; the data is colour")
-    if cfg.get("arch") == "context_vae" and size != want:
-        raise UsageError(f"model {loaded.name} codes {want[0]}x{want[1]} images; the data is {size[0]}x{size[1]}")
+    if cfg.get("arch") == "context_vae":
+        want = (cfg.get("height"), cfg.get("width"))
+        if _colour(images) != "grey":
+            raise UsageError(f"model {loaded.name} codes greyscale images; the data is colour")
+        if size != want:
+            raise UsageError(f"model {loaded.name} codes {want[0]}x{want[1]} images; the data is {size[0]}x{size[1]}")
+    elif images.dim() == 4 and images.shape[1] != cfg.get("channels", 3):
+        raise UsageError(f"model {loaded.name} codes {cfg.get('channels')}-channel images; the data has {images.shape[1]}")
     if cfg.get("pixels") == "binary" and pixels != "binary":
         raise UsageError(f"model {loaded.name} codes binary (0/1) images; the data has 8-bit values")
 
 
-def make_codec(loaded, coding: dict | None = None, seed: int = 0):
-    params = CodingParams(**{**loaded.meta.get("coding", {}), **(coding or {})})
-    return ContextVAECodec(loaded.model, params, seed=seed)
+class Layout:
+    """How a model codes an image tensor: its coding units (whole images, or tiles of a
+    fully convolutional model) and the codec for them.
+
+    Tiling pads the height and width up to multiples of the tile size by repeating the last row
+    and column (those padded pixels are coded too) and crops them off after decoding. Greyscale
+    images given to a colour model are coded in its grey mode (one channel, the others implied).
+    """
+
+    def __init__(self, loaded, shape, coding: dict | None = None):
+        self.loaded, self.shape = loaded, tuple(shape)
+        self.arch = loaded.config.get("arch")
+        defaults = dict(loaded.meta.get("coding", {}))
+        self.params = CodingParams(**{**defaults, **(coding or {})})
+        self.grey = self.arch == "hierarchical_vae" and len(self.shape) == 3
+        self.tile = loaded.config.get("patch", 0)
+
+    def codec(self, seed: int = 0):
+        if self.arch == "context_vae":
+            return ContextVAECodec(self.loaded.model, self.params, seed=seed)
+        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey)
+
+    def _grid(self):
+        h, w = self.shape[-2:]
+        t = self.tile
+        return -(-h // t), -(-w // t)
+
+    def to_units(self, images: torch.Tensor) -> torch.Tensor:
+        if self.arch == "context_vae":
+            return images
+        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+        n, c, h, w = x.shape
+        th, tw = self._grid()
+        t = self.tile
+        rows = torch.clamp(torch.arange(th * t), max=h - 1)
+        cols = torch.clamp(torch.arange(tw * t), max=w - 1)
+        x = x[:, :, rows][:, :, :, cols]
+        return x.reshape(n, c, th, t, tw, t).permute(0, 2, 4, 1, 3, 5).reshape(n * th * tw, c, t, t).contiguous()
+
+    def from_units(self, units: torch.Tensor) -> torch.Tensor:
+        if self.arch == "context_vae":
+            return units.reshape(self.shape)
+        n = self.shape[0]
+        h, w = self.shape[-2:]
+        th, tw = self._grid()
+        t = self.tile
+        c = units.shape[1]
+        x = units.reshape(n, th, tw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * t, tw * t)
+        x = x[:, :, :h, :w]
+        return (x[:, 0] if self.grey else x).contiguous()
+
+    def unit_count(self) -> int:
+        if self.arch == "context_vae":
+            return self.shape[0]
+        th, tw = self._grid()
+        return self.shape[0] * th * tw
+
+
+def make_codec(loaded, coding: dict | None = None, seed: int = 0, shape=None):
+    """The batched codec for ``loaded`` (for images of ``shape``, needed for colour models)."""
+    if shape is None:
+        shape = (1, loaded.config.get("height", 28), loaded.config.get("width", 28))
+    return Layout(loaded, shape, coding).codec(seed)
 
 
 # ------------------------------------------------------------------------------ tensors
+def _ticker(progress, total):
+    return None if progress is None else (lambda n: progress(n, total))
+
+
 def _encode_chunks(loaded, images, coding, chunk, progress):
-    codec = make_codec(loaded, coding)
+    """Code ``images`` in independent chunks of ``chunk`` coding units; returns
+    (coding params, chunk bytes, units per chunk, stats per chunk)."""
+    layout = Layout(loaded, images.shape, coding)
+    units = layout.to_units(images)
+    codec = layout.codec()
+    tick = _ticker(progress, len(units))
     chunks, counts, stats = [], [], []
-    for index, start in enumerate(range(0, len(images), chunk)):
+    for index, start in enumerate(range(0, len(units), chunk)):
         codec.seed = index
-        data, st = codec.encode(images[start: start + chunk], progress=progress)
+        data, st = codec.encode(units[start: start + chunk], progress=tick)
         chunks.append(data)
-        counts.append(min(chunk, len(images) - start))
+        counts.append(min(chunk, len(units) - start))
         stats.append(st)
-    return codec.params.to_dict(), chunks, counts, stats
+    params = codec.params.to_dict()
+    if layout.arch == "hierarchical_vae":
+        params["tile"] = layout.tile
+    return params, chunks, counts, stats
 
 
 def _decode_chunks(loaded, container: Container, progress):
-    codec = make_codec(loaded, container.coding)
+    coding = {k: v for k, v in container.coding.items() if k != "tile"}
+    layout = Layout(loaded, container.shape, coding)
+    if "tile" in container.coding and container.coding["tile"] != layout.tile:
+        raise BBCodecError(f"file uses {container.coding['tile']}-pixel tiles; model {loaded.name} codes {layout.tile}")
+    if sum(container.chunk_images) != layout.unit_count():
+        raise BBCodecError("corrupt .bbc header: chunk sizes do not match the image shape")
+    codec = layout.codec()
+    tick = _ticker(progress, layout.unit_count())
     parts = []
     for index, (data, count) in enumerate(zip(container.chunks, container.chunk_images)):
         codec.seed = index
         try:
-            parts.append(codec.decode(data, count, progress=progress))
+            parts.append(codec.decode(data, count, progress=tick))
         except BBCodecError:
             raise
         except (ValueError, RuntimeError, IndexError) as exc:
             raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+    units = torch.cat(parts) if parts else torch.empty((0,) + tuple(container.shape[1:]), dtype=torch.uint8)
+    return layout.from_units(units)
 
 
 def _container_for(loaded, f: ImageFile, coding, chunk, progress):
@@ -101,12 +192,12 @@ def _container_for(loaded, f: ImageFile, coding, chunk, progress):
 
 
 def compress_images(images: torch.Tensor, model=None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK) -> bytes:
-    """Compress a uint8 tensor ``(N, H, W)`` to ``.bbc`` bytes (kind ``raw``)."""
+    """Compress a uint8 tensor ``(N, H, W)`` or ``(N, 3, H, W)`` to ``.bbc`` bytes (kind ``raw``)."""
     import hashlib
 
     images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.dim() != 3:
-        raise UsageError("expected a uint8 tensor of shape (N, H, W)")
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+        raise UsageError("expected a uint8 tensor of shape (N, H, W) or (N, 3, H, W)")
     f = ImageFile("raw", images.contiguous(), {}, b"", hashlib.sha256(images.numpy().tobytes()).hexdigest())
     loaded = choose_model(images, f.pixels, model)
     box, _ = _container_for(loaded, f, coding, chunk, None)
@@ -117,7 +208,7 @@ def decompress_images(data: bytes, model=None) -> torch.Tensor:
     """Inverse of :func:`compress_images` (also returns the images of any ``.bbc`` file)."""
     box = Container.from_bytes(data)
     loaded = _model_for(box, model)
-    return _decode_chunks(loaded, box, None).reshape(box.shape)
+    return _decode_chunks(loaded, box, None)
 
 
 # ------------------------------------------------------------------------------ files
@@ -209,7 +300,7 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
     t0 = time.perf_counter()
     box = read_container(src)
     loaded = _model_for(box, model)
-    images = _decode_chunks(loaded, box, progress).reshape(box.shape)
+    images = _decode_chunks(loaded, box, progress)
     f = ImageFile(box.kind, images, box.restore, box.side_data)
     if box.kind == "raw":
         import io
@@ -251,9 +342,9 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
         f = replace(f, images=f.images[:limit], side_data=f.side_data[:limit] if f.kind == "cifar" else f.side_data)
     images = f.images
     loaded = choose_model(images, f.pixels, model)
-    codec = make_codec(loaded, coding)
+    layout = Layout(loaded, images.shape, coding)
     dims = images.numel()
-    elbo = codec.negative_elbo(images, seed=elbo_seed)
+    elbo = layout.codec().negative_elbo(layout.to_units(images), seed=elbo_seed)
     t0 = time.perf_counter()
     params, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
     t_enc = time.perf_counter() - t0
@@ -263,7 +354,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     t0 = time.perf_counter()
     decoded = _decode_chunks(loaded, box, progress)
     t_dec = time.perf_counter() - t0
-    if not torch.equal(decoded.reshape(images.shape), images):
+    if not torch.equal(decoded, images):
         raise BBCodecError("round trip failed: decoded images differ")  # never expected
     container_bits = 8 * box.header_bytes()
     framing_bits = sum(8 * len(c) - st.bits for c, st in zip(chunks, stats))

@@ -51,14 +51,25 @@ def main(verbose):
 
 
 @contextmanager
-def _progress(total, quiet, desc):
-    if quiet or total == 0:
+def _progress(quiet, desc):
+    """A ``progress(n, total)`` callback drawing a tqdm bar (created on the first call), or None."""
+    if quiet:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, disable=None) as bar:
-        yield bar.update
+    bars = []
+
+    def tick(n, total):
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit="unit", leave=False, dynamic_ncols=True, disable=None))
+        bars[0].update(n)
+
+    try:
+        yield tick
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _coding_options(f):
@@ -95,10 +106,7 @@ def compress(files, output, force, model, quiet, chunk, batch, lanes_per_image):
     if output and len(files) > 1:
         raise click.UsageError("-o/--output needs exactly one input file")
     for path in files:
-        from .formats import read_image_file
-
-        total = 0 if quiet else len(read_image_file(path).images)
-        with _progress(total, quiet, f"compress {path}") as tick:
+        with _progress(quiet, f"compress {path}") as tick:
             r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(batch, lanes_per_image), progress=tick)
         if not quiet:
             click.echo(f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
@@ -118,8 +126,7 @@ def decompress(files, output, force, model, quiet):
     if output and len(files) > 1:
         raise click.UsageError("-o/--output needs exactly one input file")
     for path in files:
-        total = 0 if quiet else api.info(path)["images"]
-        with _progress(total, quiet, f"decompress {path}") as tick:
+        with _progress(quiet, f"decompress {path}") as tick:
             r = api.decompress(path, output, force=force, model=model, progress=tick)
         if not quiet:
             click.echo(f"{r['input']} -> {r['output']}: {r['images']} images ({r['seconds']:.1f} s)")

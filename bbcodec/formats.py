@@ -7,7 +7,8 @@ Supported kinds and what decompression restores:
 * ``npy``: uint8 ``.npy`` arrays ``(N, H, W)`` or ``(N, H, W, 3)``: the file, byte for byte;
 * ``cifar``: CIFAR-10 binary batches (``.bin``, optionally gzipped): the file, byte for byte
   (labels travel as side data);
-* ``png``: a PNG image: identical pixels, size and mode (not the same PNG bytes).
+* ``png``: a PNG image: identical pixels, size and mode (not the same PNG bytes);
+* ``pnm``: a binary PPM/PGM image (P6/P5): identical pixels, size and mode.
 
 Every reader verifies that its writer reproduces the original before anything is compressed, so
 an input that cannot be restored exactly is refused up front with a clear message.
@@ -111,6 +112,10 @@ def read_image_file(path: Path) -> ImageFile:
     sha = hashlib.sha256(raw).hexdigest()
     if raw[:8] == b"\x89PNG\r\n\x1a\n":
         return _read_png(raw, path)
+    if raw[:2] in (b"P5", b"P6") and raw[2:3].isspace():
+        f = _read_png(raw, path)
+        f.kind = "pnm"
+        return f
     if raw[:6] == b"\x93NUMPY":
         return _read_npy(raw, path, sha)
     content, gz = unwrap_gzip(raw, str(path))
@@ -176,8 +181,8 @@ def _read_png(raw: bytes, path: Path) -> ImageFile:
                 raise DataError(f"{path}: 16-bit PNG images are not supported (8-bit only)")
             else:
                 raise DataError(f"{path}: PNG mode {mode!r} is not supported (use greyscale, RGB or RGBA)")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: corrupt PNG ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt image ({exc})") from exc
     sha = _png_sha(mode, size, arr)
     side = b""
     if mode in ("RGBA", "LA"):
@@ -210,12 +215,12 @@ def write_image_file(f: ImageFile) -> bytes:
         arr = imgs.transpose(0, 2, 3, 1) if f.restore.get("channels_last") else imgs
         body = arr.tobytes(order="F" if f.restore.get("fortran") else "C")
         return bytes.fromhex(f.restore["header"]) + body
-    if f.kind == "png":
-        return _write_png(f)
+    if f.kind in ("png", "pnm"):
+        return _write_picture(f, "PNG" if f.kind == "png" else "PPM")
     raise DataError(f"unknown file kind {f.kind!r}")
 
 
-def _write_png(f: ImageFile) -> bytes:
+def _write_picture(f: ImageFile, fmt: str) -> bytes:
     from PIL import Image
 
     mode = f.restore["mode"]
@@ -230,12 +235,12 @@ def _write_png(f: ImageFile) -> bytes:
     else:
         im = Image.fromarray(np.ascontiguousarray(img), mode)
     out = io.BytesIO()
-    im.save(out, format="PNG", optimize=False)
+    im.save(out, format=fmt)
     return out.getvalue()
 
 
 def png_pixels_sha(data: bytes) -> str:
-    """SHA-256 of a PNG's canonical pixel description (mode, size, pixels)."""
+    """SHA-256 of a picture's canonical pixel description (mode, size, pixels)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -246,7 +251,7 @@ def png_pixels_sha(data: bytes) -> str:
 
 def restored_sha(kind: str, data: bytes) -> str:
     """The checksum a restored file is verified against (same definition as at reading)."""
-    return png_pixels_sha(data) if kind == "png" else hashlib.sha256(data).hexdigest()
+    return png_pixels_sha(data) if kind in ("png", "pnm") else hashlib.sha256(data).hexdigest()
 
 
 def check_restorable(f: ImageFile) -> None:

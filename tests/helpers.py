@@ -39,3 +39,19 @@ def sample_images(n=40):
 
 def sample_binary(n=40):
     return torch.from_numpy(np.load(SAMPLE_BINARY)[:n])
+
+
+def tiny_colour_model(seed=0):
+    from bbcodec.models.hierarchical_vae import HierarchicalVAE, HierarchicalVAEConfig
+
+    torch.manual_seed(seed)
+    cfg = HierarchicalVAEConfig(patch=8, width=8, z1_channels=2, z2_channels=2, features=4, head_hidden=8,
+                                context=3, components=2)
+    return HierarchicalVAE(cfg).eval()
+
+
+def save_tiny_colour(path_stem, seed=0):
+    meta = {"dataset": "none (random init, for tests)",
+            "coding": {"bits_per_image": 1500.0, "batch": 8, "lanes_per_image": 16, "initial_lanes": 16}}
+    save_model(tiny_colour_model(seed), Path(path_stem), meta)
+    return str(path_stem)
