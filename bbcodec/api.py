@@ -234,22 +234,24 @@ def _atomic_write(path: Path, data: bytes, force: bool) -> None:
         raise
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _check_output(src: Path, dst: Path, force: bool) -> Path:
+    """Refuse an output that is the input, or that exists without ``force``."""
     try:
-        return a.resolve() == b.resolve()
+        same = src.resolve() == dst.resolve()
     except OSError:
-        return False
+        same = False
+    if same:
+        raise UsageError(f"{dst}: output would overwrite the input")
+    if dst.exists() and not force:
+        raise UsageError(f"{dst}: already exists (use -f to overwrite)")
+    return dst
 
 
 def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAULT_CHUNK,
              coding: dict | None = None, progress=None) -> dict:
     """Compress the file ``src`` to ``dst`` (default ``src + '.bbc'``); returns a summary."""
     src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_name(src.name + ".bbc")
-    if _same_file(src, dst):
-        raise UsageError(f"{dst}: output would overwrite the input")
-    if dst.exists() and not force:
-        raise UsageError(f"{dst}: already exists (use -f to overwrite)")
+    dst = _check_output(src, Path(dst) if dst is not None else src.with_name(src.name + ".bbc"), force)
     t0 = time.perf_counter()
     f = read_image_file(src)
     check_restorable(f)
@@ -292,11 +294,7 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
         if src.suffix != ".bbc":
             raise UsageError(f"{src}: does not end in .bbc; give the output name with -o")
         dst = src.with_suffix("")
-    dst = Path(dst)
-    if _same_file(src, dst):
-        raise UsageError(f"{dst}: output would overwrite the input")
-    if dst.exists() and not force:
-        raise UsageError(f"{dst}: already exists (use -f to overwrite)")
+    dst = _check_output(src, Path(dst), force)
     t0 = time.perf_counter()
     box = read_container(src)
     loaded = _model_for(box, model)

@@ -19,13 +19,13 @@ Models know nothing of ANS: they map pixels and latents to distribution paramete
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .config import ModelConfig
 from .fixedpoint import FloatNumerics, Numerics
 from .likelihoods import make_likelihood
 
@@ -34,7 +34,8 @@ LOG_SCALE_RANGE = (-8.0, 3.0)
 
 
 @dataclass
-class ContextVAEConfig:
+class ContextVAEConfig(ModelConfig):
+    ARCH = "context_vae"
     height: int = 28
     width: int = 28
     pixels: str = "uint8"  # "uint8" (0..255) or "binary" (0/1)
@@ -49,16 +50,6 @@ class ContextVAEConfig:
     components: int = 4
     latent_bits: int = 10
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContextVAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names - {"arch"}
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return {"arch": "context_vae", **dataclasses.asdict(self)}
 
 
 class ContextVAE(nn.Module):

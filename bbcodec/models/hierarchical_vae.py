@@ -17,7 +17,6 @@ and additions appear, so :mod:`.fixedpoint` evaluates everything exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,12 +25,14 @@ import torch
 import torch.nn as nn
 
 from .context_vae import GROUP_OF_PARITY, LOG_SCALE_RANGE
+from .config import ModelConfig
 from .fixedpoint import FloatNumerics, Numerics
 from .likelihoods import make_likelihood
 
 
 @dataclass
-class HierarchicalVAEConfig:
+class HierarchicalVAEConfig(ModelConfig):
+    ARCH = "hierarchical_vae"
     channels: int = 3
     patch: int = 32  # training and default coding tile size (a multiple of 4)
     width: int = 48
@@ -45,16 +46,6 @@ class HierarchicalVAEConfig:
     pixels: str = "uint8"
     likelihood: str = "logistic_mixture"
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "HierarchicalVAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names - {"arch"}
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return {"arch": "hierarchical_vae", **dataclasses.asdict(self)}
 
 
 class ResBlock(nn.Module):
