@@ -185,14 +185,20 @@ class Message:
     def _push(self, start, freq, precision, idx) -> None:
         heads = self._get(idx)
         self._check_shapes(heads, start, freq)
-        # heads >= freq * 2**(63 - precision), without overflowing int64 when freq == 2**precision
-        emit = (heads >> 1) >= (freq << (62 - precision))
-        words = torch.masked_select(heads, emit)
-        if words.numel():
-            self._append(words & WORD_MASK)
-            heads = torch.where(emit, heads >> WORD_BITS, heads)
+        # A lane must first emit its low word iff head >= freq * 2**(63 - precision), i.e. iff its
+        # quotient by freq reaches 2**(63 - precision): one division serves both purposes, and
+        # only the (few) emitting lanes are renormalised and divided again.
         quot = torch.div(heads, freq, rounding_mode="floor")
-        self._set((quot << precision) + (heads - quot * freq) + start, idx)
+        spare = (1 << precision) - freq
+        out = heads + quot * spare + start
+        emit = torch.nonzero(quot.reshape(-1) >= (1 << (63 - precision))).squeeze(1)
+        if emit.numel():
+            sub = heads.reshape(-1)[emit]
+            self._append(sub & WORD_MASK)
+            sub = sub >> WORD_BITS
+            f = freq.reshape(-1)[emit]
+            out.reshape(-1)[emit] = sub + torch.div(sub, f, rounding_mode="floor") * spare.reshape(-1)[emit] + start.reshape(-1)[emit]
+        self._set(out, idx)
 
     def _peek(self, precision, idx) -> torch.Tensor:
         return self._get(idx) & ((1 << precision) - 1)
@@ -200,14 +206,12 @@ class Message:
     def _pop(self, start, freq, precision, idx) -> None:
         heads = self._get(idx)
         self._check_shapes(heads, start, freq)
-        slot = heads & ((1 << precision) - 1)
-        heads = freq * (heads >> precision) + slot - start
-        low = heads < HEAD_MIN
-        n = int(low.sum().item())
-        if n:
-            words = self._take(n)
-            heads = heads.masked_scatter(low, (torch.masked_select(heads, low) << WORD_BITS) | words)
-        self._set(heads, idx)
+        out = freq * (heads >> precision) + (heads & ((1 << precision) - 1)) - start
+        flat = out.reshape(-1)
+        low = torch.nonzero(flat < HEAD_MIN).squeeze(1)
+        if low.numel():
+            flat[low] = (flat[low] << WORD_BITS) | self._take(low.numel())
+        self._set(out, idx)
 
     def push(self, start: torch.Tensor, freq: torch.Tensor, precision: int, lanes: Index = None) -> None:
         """Encode one symbol per selected lane, given its interval ``[start, start+freq)`` out of

@@ -44,7 +44,8 @@ def _as_float64(name: str, value, device=None) -> torch.Tensor:
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16)):
         raise ModelError(f"{name} must be a real tensor, got dtype {t.dtype}")
     t = t.to(torch.float64)
-    if bool(torch.isnan(t).any()):
+    # one cheap pass: a NaN makes the sum NaN (so can +inf and -inf together: then look closer)
+    if t.numel() and bool(torch.isnan(t.sum())) and bool(torch.isnan(t).any()):
         raise ModelError(f"{name} contains NaN")
     return t
 
@@ -225,9 +226,13 @@ class Bernoulli(EntropyModel):
             raise ModelError("give exactly one of probs and logits")
         _check_precision(precision, 2)
         if probs is not None:
-            p = _as_float64("probs", probs)
-            if bool(((p < 0) | (p > 1)).any()):
-                raise ModelError("probs must lie in [0, 1]")
+            p = torch.as_tensor(probs).to(torch.float64)
+            if p.numel():
+                lo, hi = torch.aminmax(p)
+                if bool(torch.isnan(lo)) or bool(torch.isnan(hi)):
+                    raise ModelError("probs contains NaN")
+                if not (float(lo) >= 0 and float(hi) <= 1):
+                    raise ModelError("probs must lie in [0, 1]")
         else:
             p = detmath.sigmoid(_as_float64("logits", logits))
         self.n = 2
@@ -350,21 +355,34 @@ class Categorical(EntropyModel):
                 raise ModelError("probs must be non-negative")
             if bool(torch.isinf(hi).any()):
                 raise ModelError("probs must be finite")
-            scale = torch.where(hi > 0, float(1 << _CAT_BITS) / hi.to(torch.float64), torch.zeros_like(hi, dtype=torch.float64))
-            if t.dtype == torch.float32:
-                q = (t * scale.to(torch.float32).unsqueeze(-1)).to(torch.int32)
-            else:
-                q = (t.to(torch.float64) * scale.unsqueeze(-1)).to(torch.int32)
-            q = torch.where((hi > 0).unsqueeze(-1), q, torch.ones_like(q))  # all-zero row: uniform
-        else:
-            lg = _as_float64("logits", t)
-            if bool(torch.isinf(lg).any()):
-                finite = torch.isfinite(lg)
-                if bool((~finite & (lg > 0)).any()):
-                    raise ModelError("logits must not be +inf")
-            w = detmath.exp_nonpositive(lg - lg.amax(dim=-1, keepdim=True))
-            q = torch.floor(w * float(1 << _CAT_BITS)).to(torch.int32)
-        self._init_from_weights(q, precision)
+            self._init_from_weights(self._quantise_probs(t, hi), precision)
+            return
+        lg = _as_float64("logits", t)
+        if bool(torch.isinf(lg).any()):
+            finite = torch.isfinite(lg)
+            if bool((~finite & (lg > 0)).any()):
+                raise ModelError("logits must not be +inf")
+        w = detmath.exp_nonpositive(lg - lg.amax(dim=-1, keepdim=True))
+        self._init_from_weights(torch.floor(w * float(1 << _CAT_BITS)).to(torch.int32), precision)
+
+    _ROWS_PER_BLOCK = 4096  # keeps a block's temporaries in cache
+
+    @classmethod
+    def _quantise_probs(cls, t: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """``floor(p / max(p) * 2**22)`` as int32 (all-zero rows become uniform), block by block of
+        rows so that the temporaries stay in cache (one read of the probabilities from memory)."""
+        n = t.shape[-1]
+        rows = t.reshape(-1, n)
+        scale = torch.where(hi > 0, float(1 << _CAT_BITS) / hi.to(torch.float64), torch.zeros_like(hi, dtype=torch.float64))
+        scale = scale.reshape(-1, 1).to(t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float64)
+        q = torch.empty(rows.shape, dtype=torch.int32, device=t.device)
+        step = cls._ROWS_PER_BLOCK
+        for lo in range(0, rows.shape[0], step):
+            q[lo: lo + step].copy_(rows[lo: lo + step] * scale[lo: lo + step])  # truncation = floor here
+        zero = (hi.reshape(-1) <= 0)
+        if bool(zero.any()):
+            q[zero] = 1
+        return q.reshape(t.shape)
 
     def _init_from_weights(self, q: torch.Tensor, precision: int):
         self.n = q.shape[-1]
