@@ -355,7 +355,7 @@ class Categorical(EntropyModel):
                 raise ModelError("probs must be non-negative")
             if bool(torch.isinf(hi).any()):
                 raise ModelError("probs must be finite")
-            self._init_from_weights(self._quantise_probs(t, hi), precision)
+            self._init_from_prefix_sums(self._quantised_prefix_sums(t, hi), precision)
             return
         lg = _as_float64("logits", t)
         if bool(torch.isinf(lg).any()):
@@ -365,31 +365,36 @@ class Categorical(EntropyModel):
         w = detmath.exp_nonpositive(lg - lg.amax(dim=-1, keepdim=True))
         self._init_from_weights(torch.floor(w * float(1 << _CAT_BITS)).to(torch.int32), precision)
 
-    _ROWS_PER_BLOCK = 4096  # keeps a block's temporaries in cache
+    _ROWS_PER_BLOCK = 2048  # keeps a block's temporaries in cache
 
     @classmethod
-    def _quantise_probs(cls, t: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        """``floor(p / max(p) * 2**22)`` as int32 (all-zero rows become uniform), block by block of
-        rows so that the temporaries stay in cache (one read of the probabilities from memory)."""
+    def _quantised_prefix_sums(cls, t: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Prefix sums (int32) of ``floor(p / max(p) * 2**22)`` (all-zero rows: uniform), computed
+        block by block of rows so that the quantised temporaries stay in cache: the probabilities
+        are read from memory once and the prefix sums written once."""
         n = t.shape[-1]
         rows = t.reshape(-1, n)
         scale = torch.where(hi > 0, float(1 << _CAT_BITS) / hi.to(torch.float64), torch.zeros_like(hi, dtype=torch.float64))
         scale = scale.reshape(-1, 1).to(t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float64)
-        q = torch.empty(rows.shape, dtype=torch.int32, device=t.device)
+        out = torch.empty(rows.shape, dtype=torch.int32, device=t.device)
         step = cls._ROWS_PER_BLOCK
         for lo in range(0, rows.shape[0], step):
-            q[lo: lo + step].copy_(rows[lo: lo + step] * scale[lo: lo + step])  # truncation = floor here
-        zero = (hi.reshape(-1) <= 0)
+            q = (rows[lo: lo + step] * scale[lo: lo + step]).to(torch.int32)  # truncation = floor here
+            torch.cumsum(q, dim=-1, dtype=torch.int32, out=out[lo: lo + step])
+        zero = hi.reshape(-1) <= 0
         if bool(zero.any()):
-            q[zero] = 1
-        return q.reshape(t.shape)
+            out[zero] = torch.arange(1, n + 1, dtype=torch.int32, device=t.device)
+        return out.reshape(t.shape)
 
     def _init_from_weights(self, q: torch.Tensor, precision: int):
-        self.n = q.shape[-1]
+        self._init_from_prefix_sums(torch.cumsum(q, dim=-1, dtype=torch.int32), precision)
+
+    def _init_from_prefix_sums(self, cum_q: torch.Tensor, precision: int):
+        self.n = cum_q.shape[-1]
         self.precision = precision
-        self.shape = tuple(q.shape[:-1])
-        self._cum_q = torch.cumsum(q, dim=-1, dtype=torch.int32)  # Q_1..Q_n
-        self._total = self._cum_q[..., -1:].to(torch.int64)
+        self.shape = tuple(cum_q.shape[:-1])
+        self._cum_q = cum_q  # Q_1..Q_n
+        self._total = cum_q[..., -1:].to(torch.int64)
 
     @classmethod
     def from_weights(cls, weights: torch.Tensor, precision: int = 24) -> "Categorical":
