@@ -113,6 +113,14 @@ class Message:
         """The stream's words (int64 in [0, 2**32)), oldest first. A view: do not modify."""
         return self._words[: self._len]
 
+    def holds_only_seeded_words(self) -> bool:
+        """True when the stream holds exactly the first seeded words (in any order): the state a
+        decoder ends in after undoing everything an encoder did from a fresh message."""
+        if self._len == 0:
+            return True
+        expected = _seeded_words(self.seed, 0, self._len, self.device)
+        return torch.equal(torch.sort(self.stream).values, torch.sort(expected).values)
+
     def clone(self) -> "Message":
         other = Message.__new__(Message)
         other.heads = self.heads.clone()

@@ -326,7 +326,7 @@ def info(src) -> dict:
     return {"format_version": 1, "model": box.model_name, "model_sha256": box.model_sha256, "kind": box.kind,
             "shape": box.shape, "pixels": box.pixels, "images": sum(box.chunk_images), "chunks": len(box.chunks),
             "bytes": total, "bits_per_dim": 8 * total / dims, "data_sha256": box.data_sha256,
-            "coding": box.coding, "restore": {k: v for k, v in box.restore.items() if k != "header"}}
+            "coding": box.coding}
 
 
 def evaluate(src, model=None, limit: int | None = None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,

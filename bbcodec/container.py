@@ -22,6 +22,8 @@ from .errors import BBCodecError
 
 MAGIC = b"BBC"
 VERSION = 1
+# coding parameters, stored as a list in this order (format version 1)
+CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile")
 
 
 class ContainerError(BBCodecError, ValueError):
@@ -68,8 +70,9 @@ class Container:
     side_data: bytes = b""
 
     def header_dict(self) -> dict:
+        coding = [self.coding.get(k) for k in CODING_KEYS]  # positional: compact
         return {"m": self.model_name, "k": self.kind, "s": self.shape, "p": self.pixels, "r": self.restore,
-                "c": self.coding, "n": [[n, len(b)] for n, b in zip(self.chunk_images, self.chunks)]}
+                "c": coding, "n": [[n, len(b)] for n, b in zip(self.chunk_images, self.chunks)]}
 
     def to_bytes(self) -> bytes:
         side = zlib.compress(self.side_data, 9) if self.side_data else b""
@@ -113,7 +116,8 @@ class Container:
         except zlib.error as exc:
             raise ContainerError("corrupt .bbc side data") from exc
         try:
+            coding = {k: v for k, v in zip(CODING_KEYS, head.get("c", [])) if v is not None}
             return cls(head["m"], model_sha, data_sha, head["k"], list(head["s"]), head["p"], head.get("r", {}),
-                       head.get("c", {}), chunks, [a for a, _ in chunk_list], side)
+                       coding, chunks, [a for a, _ in chunk_list], side)
         except KeyError as exc:
             raise ContainerError(f"corrupt .bbc header (missing {exc})") from exc

@@ -16,6 +16,7 @@ an input that cannot be restored exactly is refused up front with a clear messag
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import struct
@@ -86,7 +87,7 @@ def unwrap_gzip(raw: bytes, name: str) -> tuple[bytes, dict | None]:
     header = raw[:end]
     for level, mem in _GZIP_TRIES:
         if len(raw) - end - 8 > 0 and gzip_rebuild(header, data, level, mem) == raw:
-            return data, {"header": header.hex(), "level": level, "mem": mem}
+            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
     raise DataError(f"{name}: this gzip file was not made by zlib, so it cannot be restored byte for "
                     "byte; gunzip it and compress the plain file")
 
@@ -94,7 +95,7 @@ def unwrap_gzip(raw: bytes, name: str) -> tuple[bytes, dict | None]:
 def wrap_gzip(data: bytes, info: dict | None) -> bytes:
     if not info:
         return data
-    return gzip_rebuild(bytes.fromhex(info["header"]), data, info["level"], info["mem"])
+    return gzip_rebuild(base64.b64decode(info["h"]), data, info["l"], info["m"])
 
 
 # ---------------------------------------------------------------------------------- readers
@@ -157,7 +158,7 @@ def _read_npy(raw: bytes, path: Path, sha: str) -> ImageFile:
     if arr.ndim == 4:
         arr = arr.transpose(0, 3, 1, 2)
     return ImageFile("npy", torch.from_numpy(np.array(arr, order="C")),
-                     {"header": raw[:offset].hex(), "fortran": bool(fortran), "channels_last": arr.ndim == 4}, b"", sha)
+                     {"h": base64.b64encode(raw[:offset]).decode(), "f": int(bool(fortran)), "c": int(arr.ndim == 4)}, b"", sha)
 
 
 def _png_sha(mode: str, size, pixels: np.ndarray) -> str:
@@ -212,9 +213,9 @@ def write_image_file(f: ImageFile) -> bytes:
     if f.kind in ("idx", "cifar"):
         return wrap_gzip(_content(f), f.restore.get("gzip"))
     if f.kind == "npy":
-        arr = imgs.transpose(0, 2, 3, 1) if f.restore.get("channels_last") else imgs
-        body = arr.tobytes(order="F" if f.restore.get("fortran") else "C")
-        return bytes.fromhex(f.restore["header"]) + body
+        arr = imgs.transpose(0, 2, 3, 1) if f.restore.get("c") else imgs
+        body = arr.tobytes(order="F" if f.restore.get("f") else "C")
+        return base64.b64decode(f.restore["h"]) + body
     if f.kind in ("png", "pnm"):
         return _write_picture(f, "PNG" if f.kind == "png" else "PPM")
     raise DataError(f"unknown file kind {f.kind!r}")

@@ -116,7 +116,7 @@ class BatchedImageCodec:
     def decode(self, data: bytes, n_images: int, progress=None) -> torch.Tensor:
         """Decode ``n_images`` images; verifies the message returns to its seeded start state."""
         plan = plan_batches(n_images, self.params)
-        msg = Message.from_bytes(data)
+        msg = Message.from_bytes(data, seed=self.seed)
         if msg.lane_shape != (plan[-1][1],):
             raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1][1]}")
         out = torch.empty((n_images,) + tuple(self.image_shape()), dtype=torch.uint8)
@@ -132,7 +132,7 @@ class BatchedImageCodec:
                 if progress:
                     progress(size)
         start = Message((plan[0][1],), seed=self.seed, random_heads=True)
-        if not torch.equal(msg.heads, start.heads):
+        if not torch.equal(msg.heads, start.heads) or not msg.holds_only_seeded_words():
             raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
         return out
 

@@ -63,6 +63,9 @@ def test_pop_then_push_is_identity_and_counts_initial_bits(nbits, lanes, seed):
     msg.push_bits(values, nbits)
     assert torch.equal(msg.heads, start)
     assert msg.stream_words == lanes  # the seeded words come back as junk at the bottom
+    assert msg.holds_only_seeded_words()
+    msg._words[0] ^= 1
+    assert not msg.holds_only_seeded_words()
 
 
 def test_fresh_plain_heads_pop_zero_but_random_heads_do_not():
