@@ -254,8 +254,10 @@ def _parse_settings(pairs):
 @click.option("--max-train", default=0, help="use only the first N training images")
 @click.option("--max-test", default=0, help="use only the first N test images")
 @click.option("--dataset-name", default="", help="dataset description for the model card")
+@click.option("--stop-after", default=0, help="stop after N epochs of this run (checkpointed; rerun to resume)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed, max_train, max_test, dataset_name, quiet):
+def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed, max_train, max_test, dataset_name,
+          stop_after, quiet):
     """Train a codec model on DATA (MNIST IDX, .npy, CIFAR-10 .bin[.gz], or PNG folders).
 
     Uses CUDA when present; run under `torchrun --nproc-per-node N` for data parallelism.
@@ -270,10 +272,12 @@ def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed
     settings = TrainSettings(train=list(data), out=out, config=config, test=list(test), epochs=epochs,
                              batch_size=batch_size, lr=lr, seed=seed, max_train=max_train, max_test=max_test,
                              command=" ".join(["bbcodec"] + sys.argv[1:]), dataset_name=dataset_name,
-                             progress=not quiet)
+                             progress=not quiet, stop_after=stop_after)
     result = run(settings)
     if "sha256" in result:
         click.echo(f"wrote {out}.safetensors ({result['sha256'][:16]}...) and {out}.json")
+    elif not result["finished"]:
+        click.echo(f"stopped after epoch {result['history'][-1]['epoch']}; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training codec models: Adam with a one-cycle schedule, periodic test negative ELBO in bits/dim,
+"""Training codec models: Adam with linear warm-up and cosine decay, periodic test negative ELBO in bits/dim,
 checkpoints and resume, CUDA when present, and multi-process data parallelism under ``torchrun``
 (NCCL on GPUs, gloo on CPUs).
 
@@ -39,6 +39,20 @@ class TrainSettings:
     command: str = ""
     dataset_name: str = ""
     progress: bool = True
+    stop_after: int = 0  # stop (checkpointed, resumable) after this many epochs in this run (0: never)
+
+
+def warmup_cosine(total: int, warmup_fraction: float = 0.05):
+    """Learning-rate factor per step: linear warm-up over 5% of the steps, then cosine decay to 1%."""
+    warm = max(1, int(warmup_fraction * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def _dist_info():
@@ -100,7 +114,7 @@ def run(s: TrainSettings) -> dict:
     if steps_per_epoch < 1:
         raise ValueError(f"{len(train_images)} training images are fewer than one batch of {s.batch_size}")
     total = steps_per_epoch * s.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, s.lr, total_steps=total, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total))
     ckpt_path = Path(s.out).with_suffix(".ckpt")
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     start_epoch, history, elapsed = 0, [], 0.0
@@ -117,7 +131,8 @@ def run(s: TrainSettings) -> dict:
 
     per_rank = s.batch_size // world
     t_start = time.time() - elapsed
-    for epoch in range(start_epoch, s.epochs):
+    last_epoch = s.epochs if not s.stop_after else min(s.epochs, start_epoch + s.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         model.train()
         gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)
         perm = torch.randperm(len(train_images), generator=gen)
@@ -153,8 +168,8 @@ def run(s: TrainSettings) -> dict:
             torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "epoch": epoch + 1, "history": history, "elapsed": time.time() - t_start}, tmp)
             tmp.replace(ckpt_path)
-    result = {"history": history}
-    if rank == 0:
+    result = {"history": history, "finished": last_epoch == s.epochs}
+    if rank == 0 and last_epoch == s.epochs:
         meta = {
             "dataset": s.dataset_name or ", ".join(str(p) for p in s.train),
             "training_images": len(train_images),
