@@ -30,12 +30,20 @@ from .models.likelihoods import BernoulliLikelihood
 
 @dataclass
 class CodingParams:
-    """Knobs that trade rate for speed; recorded in compressed files."""
+    """Knobs that trade rate for speed; recorded in compressed files.
+
+    ``bits_per_image`` (net bits an image adds to the message, about its negative ELBO) and
+    ``pop_bits_per_image`` (bits its latents' bits-back pop takes, about ``latent_dim *
+    latent_bits - KL``) pace the start-up: a batch may only pop, and new lanes may only take, bits
+    that earlier images have put in the message. Both are conservative estimates stored with the
+    model; the plan is a deterministic function of them and the image count.
+    """
 
     batch: int = 64
     lanes_per_image: int = 98
     initial_lanes: int = 64
-    bits_per_image: float = 500.0  # conservative estimate of net bits per image, paces lane growth
+    bits_per_image: float = 500.0
+    pop_bits_per_image: float = 400.0
     precision: int = 24  # pixel and posterior precision (bits)
     pack: int = 14  # binary pixels per rANS symbol
 
@@ -43,22 +51,31 @@ class CodingParams:
         return dict(self.__dict__)
 
 
+SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a step spend
+
+
 def plan_batches(n_images: int, p: CodingParams) -> list[tuple[int, int]]:
-    """``[(images, lanes)]`` for each batch, a deterministic function of ``n_images`` and ``p``."""
-    plan, done, size, lanes, spent = [], 0, 1, p.initial_lanes, 0
+    """``[(images, lanes)]`` for each batch, a deterministic function of ``n_images`` and ``p``.
+
+    ``budget`` tracks the bits the message holds beyond what is locked in lane heads: the random
+    start heads' 31 bits each, plus ``bits_per_image`` per coded image, minus 31 per added lane.
+    The next batch pops at most ``SAFETY * budget`` bits, at most doubling the batch size; lanes
+    grow towards ``lanes_per_image * batch`` with what is left of that share.
+    """
+    plan, done, lanes, prev = [], 0, p.initial_lanes, 0
+    budget = float(GROW_BITS * p.initial_lanes)
+    pop = max(float(p.pop_bits_per_image), 1.0)
     while done < n_images:
-        b = min(size, p.batch, n_images - done)
+        spend = SAFETY * budget
+        b = int(min(p.batch, n_images - done, max(1, 2 * prev), max(1, spend // pop)))
         want = max(lanes, p.lanes_per_image * b)
-        affordable = max(0, int((0.5 * p.bits_per_image * done - spent) // GROW_BITS))
-        new = min(want - lanes, affordable)
+        new = int(min(want - lanes, max(0.0, (spend - pop * b) // GROW_BITS)))
         lanes += new
-        spent += GROW_BITS * new
+        budget += p.bits_per_image * b - GROW_BITS * new
         plan.append((b, lanes))
         done += b
-        size *= 2
+        prev = b
     return plan
-
-
 @dataclass
 class CodingStats:
     bits: int = 0  # ANS message size (stream + packed heads)
