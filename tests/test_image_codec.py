@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from bbcodec.image_codec import CodingParams, ContextVAECodec, plan_batches
+from bbcodec.image_codec import SAFETY, CodingParams, ContextVAECodec, plan_batches
 from bbcodec.ans import GROW_BITS
 
 from helpers import sample_binary, sample_images, tiny_model
@@ -37,19 +37,21 @@ def test_corrupt_message_detected():
 
 
 @given(n=st.integers(1, 3000), batch=st.integers(1, 128), lpi=st.integers(1, 200), init=st.integers(1, 256),
-       bits=st.floats(1, 5000))
-def test_plan_batches(n, batch, lpi, init, bits):
-    p = CodingParams(batch=batch, lanes_per_image=lpi, initial_lanes=init, bits_per_image=bits)
+       bits=st.floats(1, 5000), pop=st.floats(1, 5000))
+def test_plan_batches(n, batch, lpi, init, bits, pop):
+    p = CodingParams(batch=batch, lanes_per_image=lpi, initial_lanes=init, bits_per_image=bits, pop_bits_per_image=pop)
     plan = plan_batches(n, p)
     assert sum(b for b, _ in plan) == n
     lanes = [l for _, l in plan]
-    assert lanes[0] == init and lanes == sorted(lanes)
+    assert lanes[0] >= init and lanes == sorted(lanes)
     assert all(1 <= b <= batch for b, _ in plan)
-    done, spent = 0, 0
-    for (b, l), prev in zip(plan, [init] + lanes):
-        spent += GROW_BITS * (l - prev)
-        assert spent <= 0.5 * bits * done + 1e-6  # growth is paid for by coded data
-        done += b
+    budget, prev, previous_lanes = GROW_BITS * init, 0, init
+    for b, l in plan:
+        assert b <= max(1, 2 * prev)
+        spent = pop * b + GROW_BITS * (l - previous_lanes)
+        assert b == 1 and l == previous_lanes or spent <= SAFETY * budget + 1e-6  # only what was put in
+        budget += bits * b - GROW_BITS * (l - previous_lanes)
+        prev, previous_lanes = b, l
 
 
 def test_negative_elbo_close_to_code_length_for_random_model():
