@@ -95,7 +95,12 @@ class EntropyModel:
         out = copy.copy(self)
         for name, trailing in self._params:
             setattr(out, name, fn(getattr(self, name), trailing))
-        out.shape = tuple(fn(torch.empty(self.shape, device="meta"), 0).shape)
+        if self._params:
+            name, trailing = self._params[0]
+            t = getattr(out, name)
+            out.shape = tuple(t.shape[: t.dim() - trailing])
+        else:  # no parameters: apply fn to a zero-stride stand-in of the batch shape
+            out.shape = tuple(fn(torch.zeros((), dtype=torch.uint8).expand(self.shape), 0).shape)
         return out
 
     def __getitem__(self, index) -> "EntropyModel":
@@ -157,16 +162,19 @@ class CDFModel(EntropyModel):
         hi = torch.where(slot < c1, c1, top)
         inner = torch.nonzero((slot >= c1) & (slot < c_last)).squeeze(1)
         if inner.numel():
-            s_in, lo_in, f_in = self[inner]._bisect(slot[inner], 1, self.n - 1)
+            s_in, lo_in, f_in = self[inner]._bisect(slot[inner], 1, self.n - 1, c_last[inner])
             sym = sym.index_put((inner,), s_in)
             lo = lo.index_put((inner,), lo_in)
             hi = hi.index_put((inner,), lo_in + f_in)
         return sym, lo, hi - lo
 
-    def _bisect(self, slot: torch.Tensor, first: int, stop: int):
-        """Largest ``i`` in ``[first, stop)`` with ``C(i) <= slot`` (given ``C(first) <= slot``)."""
+    def _bisect(self, slot: torch.Tensor, first: int, stop: int, hi_c: torch.Tensor | None = None):
+        """Largest ``i`` in ``[first, stop)`` with ``C(i) <= slot`` (given ``C(first) <= slot``;
+        ``hi_c``, if given, is ``C(stop)``)."""
         sym = torch.full_like(slot, first)
         lo_c = self.cumulative(sym) if first else torch.zeros_like(slot)
+        if hi_c is None:
+            hi_c = self.cumulative(torch.full_like(slot, stop))
         for bit in reversed(range(max(1, (stop - 1 - first).bit_length()))):
             cand = sym + (1 << bit)
             ok = cand < stop
@@ -174,7 +182,8 @@ class CDFModel(EntropyModel):
             take = ok & (c <= slot)
             sym = torch.where(take, cand, sym)
             lo_c = torch.where(take, c, lo_c)
-        hi_c = self.cumulative(sym + 1)
+            # the smallest rejected candidate bounds the symbol's interval from above
+            hi_c = torch.where(ok & ~take & (cand == sym + (1 << bit)) & (c < hi_c), c, hi_c)
         return sym, lo_c, hi_c - lo_c
 
 
@@ -502,13 +511,27 @@ class LogisticMixture(CDFModel):
         self.slopes, self.intercepts = detmath.sigmoid_table().coordinate_map(inv, (-0.5 - means) * inv)
         self.weights, self.low_mass = w, low
 
+    _F_BITS = 32  # the mixture CDF is summed as integers in units of 2**-32: exact, so order-free
+
+    def cumulative(self, i):
+        """``C(i) = floor(F(i) * (2**P - n) / 2**32) + i`` with ``F`` summed as exact integers over
+        the components, all components evaluated in one batched table lookup."""
+        x = i.to(torch.float64).clamp(1, self.n - 1).unsqueeze(-1)
+        s = detmath.sigmoid_table().at_coordinate(x * self.slopes + self.intercepts)
+        f = torch.floor(s * self.weights * float(1 << self._F_BITS)).to(torch.int64).sum(-1)
+        f = torch.clamp(f + self._low_units, 0, 1 << self._F_BITS)
+        c = ((f * ((1 << self.precision) - self.n)) >> self._F_BITS) + i
+        c = torch.where(i <= 0, torch.zeros_like(c), c)
+        return torch.where(i >= self.n, torch.full_like(c, 1 << self.precision), c)
+
+    @property
+    def _low_units(self):
+        return torch.floor(self.low_mass * float(1 << self._F_BITS)).to(torch.int64)
+
     def edge_cdf(self, i):
-        x = i.to(torch.float64)
-        table = detmath.sigmoid_table()
-        out = self.low_mass
-        for k in range(self.slopes.shape[-1]):
-            out = out + self.weights[..., k] * table.at_coordinate(x * self.slopes[..., k] + self.intercepts[..., k])
-        return out
+        x = i.to(torch.float64).unsqueeze(-1)
+        s = detmath.sigmoid_table().at_coordinate(x * self.slopes + self.intercepts)
+        return self.low_mass + (s * self.weights).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ class ContextVAECodec(BatchedImageCodec):
     # ------------------------------------------------------------------ pieces of one batch
     def _posterior(self, x):
         mean, log_scale = self.model.posterior(x, self.num)
-        return C.Spread(em.GaussianOnBins(mean, detmath.exp(log_scale), self.bits, precision=self.params.precision))
+        return C.Spread(em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.bits, precision=self.params.precision))
 
     def _prior(self, size):
         return C.Spread(em.Uniform(1 << self.bits, (size, self.cfg.latent_dim)))
@@ -257,7 +257,7 @@ class HierarchicalVAECodec(BatchedImageCodec):
 
     def _prior1(self, z2_bins):
         pm, log_ps = self.model.prior1(self._z2_values(z2_bins), self.num)
-        return pm, detmath.exp(log_ps)
+        return pm, detmath.exp_scale(log_ps)
 
     def _posterior(self, x):
         (m1, s1), (m2, s2) = self.model.posterior(x, self.num)
@@ -265,9 +265,9 @@ class HierarchicalVAECodec(BatchedImageCodec):
 
         def layer(i, previous):
             if i == 0:
-                return C.Spread(em.GaussianOnBins(m2, detmath.exp(s2), self.bits, precision=p))
+                return C.Spread(em.GaussianOnBins(m2, detmath.exp_scale(s2), self.bits, precision=p))
             pm, ps = self._prior1(previous[0])
-            return C.Spread(em.GaussianOnBins(m1, detmath.exp(s1), self.bits, pm, ps, precision=p))
+            return C.Spread(em.GaussianOnBins(m1, detmath.exp_scale(s1), self.bits, pm, ps, precision=p))
 
         return C.AutoregressiveGroups(layer, 2)
 

@@ -102,10 +102,9 @@ class ExactNumerics(Numerics):
         return entry
 
     def input(self, x):
-        x = x.to(torch.float64) * float(1 << ACT_BITS)
-        if not bool(torch.equal(torch.floor(x), x)):
-            raise ValueError("inputs must be multiples of 2**-ACT_BITS")
-        return torch.clamp(x, -ACT_LIMIT + 1, ACT_LIMIT - 1)
+        """Real inputs, which must be multiples of ``2**-ACT_BITS`` (pixels scaled by powers of
+        two, latents from :func:`to_grid`), to activation units."""
+        return torch.clamp(x.to(torch.float64) * float(1 << ACT_BITS), -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def linear(self, layer, x, relu=False):
         w, b = self._weights(layer)

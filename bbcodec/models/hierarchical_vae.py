@@ -8,10 +8,13 @@ equal mass under ``p(z1|z2)`` (dynamic discretisation), so both priors are exact
 bin indices.
 
 ``p(x|z1)`` is a discretised logistic mixture (with point masses at 0 and 255) per sub-pixel,
-predicted from per-pixel decoder features *and* already-decoded neighbours: pixels are split
-into four groups by coordinate parity, each group's channels go R, G, B, so there are twelve
-steps, and each step sees all channels of earlier groups and the earlier channels of its own
-group within a small window. Only linear maps, convolutions, ReLUs, nearest-neighbour upsampling
+predicted from per-pixel decoder features *and* already-decoded neighbours. Pixels are decoded
+coarse to fine in five levels (:func:`level_of`): every fourth pixel of every fourth row, then the
+centres of those 4x4 cells, then the remaining even-even pixels, then the odd-odd pixels, then the
+rest; within a level the channels go R, G, B, so there are fifteen steps. Each step sees, within
+a 5x5 window, all channels of earlier levels and the earlier channels of its own level, through a
+small MLP plus a direct linear path from that context to the mixture means (linear prediction,
+which the MLP then corrects). Only linear maps, convolutions, ReLUs, nearest-neighbour upsampling
 and additions appear, so :mod:`.fixedpoint` evaluates everything exactly.
 """
 
@@ -24,7 +27,7 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 
-from .context_vae import GROUP_OF_PARITY, LOG_SCALE_RANGE
+from .context_vae import LOG_SCALE_RANGE
 from .config import ModelConfig
 from .fixedpoint import FloatNumerics, Numerics
 from .likelihoods import make_likelihood
@@ -67,27 +70,45 @@ def upsample(x):
     return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
 
 
+LEVELS = 5
+
+
+def level_of(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Decoding level of pixel (i, j): 0 for (0, 0) mod 4, 1 for (2, 2) mod 4, 2 for the other
+    even-even pixels, 3 for odd-odd, 4 for the rest. Within a 5x5 window, every pixel of a level
+    has the same relative positions of earlier-level neighbours."""
+    even_even = (i % 2 == 0) & (j % 2 == 0)
+    lvl = torch.full_like(i, 4)
+    lvl = torch.where((i % 2 == 1) & (j % 2 == 1), 3, lvl)
+    lvl = torch.where(even_even, 2, lvl)
+    lvl = torch.where(even_even & (i % 4 == 2) & (j % 4 == 2), 1, lvl)
+    return torch.where(even_even & (i % 4 == 0) & (j % 4 == 0), 0, lvl)
+
+
 @lru_cache(maxsize=16)
 def _layout(h: int, w: int, channels: int, context: int):
-    """For each of the ``4 * channels`` steps: flat spatial positions of the group, and for every
-    such pixel the flat indices (``channel * h * w + position``; ``channels * h * w`` is the padding
-    slot) of the known sub-pixels in its context window."""
+    """For each of the ``LEVELS * channels`` steps: (level, channel, flat spatial positions, and
+    for every such pixel the flat indices ``channel * h * w + position`` of the known sub-pixels
+    in its context window, ``channels * h * w`` standing for "outside the image")."""
     r = context // 2
     ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    group = torch.empty(h, w, dtype=torch.int64)
-    for (pi, pj), g in GROUP_OF_PARITY.items():
-        group[pi::2, pj::2] = g
+    ii, jj = ii.reshape(-1), jj.reshape(-1)
+    level = level_of(ii, jj)
     steps = []
-    for g in range(4):
-        pos = torch.nonzero(group.reshape(-1) == g).squeeze(1)
-        pi, pj = [p for p, gg in GROUP_OF_PARITY.items() if gg == g][0]
-        i, j = ii.reshape(-1)[pos], jj.reshape(-1)[pos]
+    for g in range(LEVELS):
+        pos = torch.nonzero(level == g).squeeze(1)
+        i, j = ii[pos], jj[pos]
         for c in range(channels):
             idx = []
             for di in range(-r, r + 1):
                 for dj in range(-r, r + 1):
-                    ng = GROUP_OF_PARITY[((pi + di) % 2, (pj + dj) % 2)]
-                    known_channels = range(channels) if ng < g else (range(c) if ng == g else ())
+                    # whether the neighbour comes earlier, in the same level or later is the same
+                    # for every pixel of the level (checked)
+                    order = torch.sign(level_of(i + di, j + dj) - g)
+                    if not bool((order == order[0]).all()):
+                        raise AssertionError("context pattern is not uniform within a level")
+                    first = int(order[0])
+                    known_channels = range(channels) if first < 0 else (range(c) if first == 0 else ())
                     ni, nj = i + di, j + dj
                     inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
                     for cc in known_channels:
@@ -122,16 +143,20 @@ class HierarchicalVAE(nn.Module):
         self.px_res = ResBlock(w)
         self.px_out = nn.Conv2d(w, c.features, 3, padding=1)
         steps = _layout(c.patch, c.patch, c.channels, c.context)
+        k = self.likelihood.components
         self.heads = nn.ModuleList(
             nn.ModuleList([nn.Linear(c.features + ctx.shape[1], c.head_hidden),
                            nn.Linear(c.head_hidden, c.head_hidden),
-                           nn.Linear(c.head_hidden, self.likelihood.nout)])
+                           nn.Linear(c.head_hidden, self.likelihood.nout),
+                           nn.Linear(max(1, ctx.shape[1]), k, bias=False)])  # context -> means
             for _, _, _, ctx in steps
         )
+        for head in self.heads:
+            nn.init.zeros_(head[3].weight)
 
     @property
     def steps(self) -> int:
-        return 4 * self.config.channels
+        return LEVELS * self.config.channels
 
     @property
     def dims(self) -> int:
@@ -193,18 +218,25 @@ class HierarchicalVAE(nn.Module):
         steps = self.layout(h, w)
         _, _, pos, ctx = steps[step]
         b = feats.shape[0]
+        n = pos.numel()
         inputs = feats[:, pos.to(feats.device)]
+        l1, l2, l3, skip = self.heads[step]
         if ctx.shape[1]:
             ch = self.config.channels
             known = torch.zeros((b, ch * h * w + 1), dtype=torch.float64, device=feats.device)
             for (_, c, p, _), pix in zip(steps, previous):
                 known[:, c * h * w + p] = self.scaled(pix)
-            inputs = torch.cat([inputs, num.input(known[:, ctx]).to(inputs.dtype)], -1)
-        l1, l2, l3 = self.heads[step]
-        n = pos.numel()
+            context = num.input(known[:, ctx]).to(inputs.dtype)
+            inputs = torch.cat([inputs, context], -1)
         hdd = num.linear(l1, inputs.reshape(b * n, -1), relu=True)
         hdd = num.linear(l2, hdd, relu=True)
-        return num.value(num.linear(l3, hdd)).reshape(b, n, -1)
+        raw = num.linear(l3, hdd)
+        if ctx.shape[1]:
+            # the linear path adds to the mixture means (after the mixture logits)
+            k, m = self.likelihood.components, self.likelihood.nlogits
+            raw = torch.cat([raw[:, :m], num.add(raw[:, m: m + k], num.linear(skip, context.reshape(b * n, -1))),
+                             raw[:, m + k:]], -1)
+        return num.value(raw).reshape(b, n, -1)
 
     # ------------------------------------------------------------------ training
     def forward(self, x):

@@ -81,7 +81,7 @@ class LogisticMixtureLikelihood(Likelihood):
 
     def entropy_model(self, raw, precision):
         logits, means, log_scales = self._split(raw.to(torch.float64))
-        return em.LogisticMixture(means, detmath.exp(log_scales), logits=logits, n=self.n,
+        return em.LogisticMixture(means, detmath.exp_scale(log_scales), logits=logits, n=self.n,
                                   precision=precision, end_masses=self.end_masses)
 
 
