@@ -157,8 +157,18 @@ def _read_npy(raw: bytes, path: Path, sha: str) -> ImageFile:
     arr = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape, order="F" if fortran else "C")
     if arr.ndim == 4:
         arr = arr.transpose(0, 3, 1, 2)
-    return ImageFile("npy", torch.from_numpy(np.array(arr, order="C")),
-                     {"h": base64.b64encode(raw[:offset]).decode(), "f": int(bool(fortran)), "c": int(arr.ndim == 4)}, b"", sha)
+    header = raw[:offset]
+    restore = {"f": int(bool(fortran)), "c": int(arr.ndim == 4)}
+    if header != _npy_header(tuple(shape), bool(fortran)):  # store it only when NumPy would not write it
+        restore["h"] = base64.b64encode(header).decode()
+    return ImageFile("npy", torch.from_numpy(np.array(arr, order="C")), restore, b"", sha)
+
+
+def _npy_header(shape: tuple, fortran: bool) -> bytes:
+    """The header ``np.save`` writes for a uint8 array of this shape and order."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": fortran, "shape": shape})
+    return buf.getvalue()
 
 
 def _png_sha(mode: str, size, pixels: np.ndarray) -> str:
@@ -214,8 +224,10 @@ def write_image_file(f: ImageFile) -> bytes:
         return wrap_gzip(_content(f), f.restore.get("gzip"))
     if f.kind == "npy":
         arr = imgs.transpose(0, 2, 3, 1) if f.restore.get("c") else imgs
-        body = arr.tobytes(order="F" if f.restore.get("f") else "C")
-        return base64.b64decode(f.restore["h"]) + body
+        fortran = bool(f.restore.get("f"))
+        body = arr.tobytes(order="F" if fortran else "C")
+        header = base64.b64decode(f.restore["h"]) if "h" in f.restore else _npy_header(arr.shape, fortran)
+        return header + body
     if f.kind in ("png", "pnm"):
         return _write_picture(f, "PNG" if f.kind == "png" else "PPM")
     raise DataError(f"unknown file kind {f.kind!r}")

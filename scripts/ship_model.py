@@ -28,6 +28,7 @@ CARD = """# Model card: `{name}`
 | data | {dataset} |
 | training command | `{command}` |
 | training time | {hours:.2f} h on {hardware} |
+| training notes | {note} |
 | test data | {test_desc} |
 | **test negative ELBO** | **{elbo:.4f} bits/dim** (coding-time exact networks; KL {kl:.4f}) |
 | **test code length** | **{code:.4f} bits/dim**, whole file, {over:+.2f}% vs negative ELBO |
@@ -87,7 +88,7 @@ def main():
         name=args.name, arch=doc["config"]["arch"], params=sum(p.numel() for p in loaded.model.parameters()),
         size_mb=dst.with_suffix(".safetensors").stat().st_size / 1e6, dataset=meta.get("dataset", "?"),
         command=meta.get("training_command", "?"), hours=meta.get("training_seconds", 0) / 3600,
-        hardware=meta.get("hardware", "?"), test_desc=args.test_desc or str(args.test),
+        hardware=meta.get("hardware", "?"), note=meta.get("training_note", "-"), test_desc=args.test_desc or str(args.test),
         elbo=report["negative_elbo_bits_per_dim"], kl=report["kl_bits_per_dim"], code=report["code_length_bits_per_dim"],
         over=100 * report["code_length_over_elbo"], sha=file_sha256(dst.with_suffix(".safetensors")),
         config=json.dumps(doc["config"]), coding=json.dumps(report["coding"]), threads=torch.get_num_threads(),
