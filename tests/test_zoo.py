@@ -1,0 +1,39 @@
+"""The embedded models: present, documented, within size, and coding real samples exactly."""
+import json
+
+import pytest
+import torch
+
+from bbcodec import api
+from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
+
+from helpers import sample_binary, sample_images
+
+EXPECTED = {"mnist-uint8", "mnist-binary"}
+
+
+def test_expected_models_are_embedded_with_cards():
+    names = set(embedded_models())
+    assert EXPECTED <= names
+    for name in names:
+        assert (ZOO_DIR / f"{name}.safetensors").stat().st_size < 25e6
+        card = (ZOO_DIR / f"{name}.md").read_text()
+        meta = json.loads((ZOO_DIR / f"{name}.json").read_text())["meta"]
+        for key in ("dataset", "training_command", "training_seconds", "hardware", "test_bits_per_dim", "coding"):
+            assert key in meta, (name, key)
+        assert "training command" in card and "test code length" in card
+
+
+@pytest.mark.parametrize("kind", ["uint8", "binary"])
+def test_default_models_roundtrip_and_rate(kind):
+    x = sample_images(60) if kind == "uint8" else sample_binary(60)
+    data = api.compress_images(x)
+    assert torch.equal(api.decompress_images(data), x)
+    loaded = load_model(f"mnist-{kind}")
+    # the coding loss beyond the itemised overheads stays small even on a few images
+    codec = api.make_codec(loaded)
+    elbo = codec.negative_elbo(x)["bits"]
+    bits, stats = codec.encode(x)
+    fixed = stats.initial_bits + 5 * stats.lanes
+    assert abs((8 * len(bits) - fixed) / elbo - 1) < 0.03
+    assert 8 * len(data) / x.numel() < (1.35 if kind == "uint8" else 0.25)
