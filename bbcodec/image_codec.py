@@ -279,7 +279,7 @@ class HierarchicalVAECodec(BatchedImageCodec):
         if self.grey and step % self.cfg.channels:
             return _Copy(previous[step - step % self.cfg.channels])
         p = self.cfg.patch
-        raw = self.model.head(step, feats, previous, p, p, self.num)
+        raw = self.model.head(step, feats, self.model.known_from_parts(previous, p, p), p, p, self.num)
         return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
 
     def _likelihood(self, z):
@@ -314,10 +314,11 @@ class HierarchicalVAECodec(BatchedImageCodec):
                 kl = gaussian_kl(m1, s1, pm, log_ps).sum() + gaussian_kl(m2, s2, 0.0, 0.0).sum()
                 feats = self.model.features(z1, self.num)
                 parts = self.model.split_steps(x)
+                known = self.model.known_from_image(x)
                 for step in range(self.model.steps):
                     if self.grey and step % self.cfg.channels:
                         continue
-                    raw = self.model.head(step, feats, parts[:step], p, p, self.num)
+                    raw = self.model.head(step, feats, known, p, p, self.num)
                     nll_bits -= lik.log_prob(parts[step], raw).sum().item() / math.log(2)
                 kl_bits += kl.item() / math.log(2)
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}

@@ -71,6 +71,7 @@ def upsample(x):
 
 
 LEVELS = 5
+INITIAL_LOG_SCALE = -4.0  # raw log-scale: exp(-4) * 127.5 ~ 2.3 pixel levels
 
 
 def level_of(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -118,6 +119,21 @@ def _layout(h: int, w: int, channels: int, context: int):
     return steps
 
 
+def _initial_prediction(step: int, patch: int, channels: int, context: int) -> torch.Tensor:
+    """Initial weights of the linear context-to-means path of ``step``: the average of the known
+    neighbours in the same channel, or where there are none, of the pixel's earlier channels."""
+    _, c, pos, ctx = _layout(patch, patch, channels, context)[step]
+    if ctx.shape[1] == 0:
+        return torch.zeros(1)
+    hw = patch * patch
+    centre = int(torch.argmin((pos // patch - patch // 2).abs() + (pos % patch - patch // 2).abs()))
+    cols = ctx[centre]
+    same = (cols // hw == c).float()
+    here = ((cols % hw) == pos[centre]).float()
+    pick = same if same.sum() > 0 else here
+    return pick / pick.sum()
+
+
 class HierarchicalVAE(nn.Module):
     def __init__(self, config: HierarchicalVAEConfig):
         super().__init__()
@@ -151,8 +167,15 @@ class HierarchicalVAE(nn.Module):
                            nn.Linear(max(1, ctx.shape[1]), k, bias=False)])  # context -> means
             for _, _, _, ctx in steps
         )
-        for head in self.heads:
-            nn.init.zeros_(head[3].weight)
+        m = self.likelihood.nlogits + k
+        for step, head in enumerate(self.heads):
+            with torch.no_grad():
+                # start from the average of same-channel neighbours (or of the pixel's earlier channels) as every component's mean, at scales of a few
+                # pixel levels rather than half the range: a sensible predictor from step one
+                head[3].weight.copy_(_initial_prediction(step, c.patch, c.channels, c.context).expand_as(head[3].weight))
+                head[2].weight.mul_(0.01)
+                head[2].bias.zero_()
+                head[2].bias[m:m + k] = INITIAL_LOG_SCALE
 
     @property
     def steps(self) -> int:
@@ -212,21 +235,33 @@ class HierarchicalVAE(nn.Module):
             flat[:, c, pos] = p
         return flat.reshape(b, ch, h, w)
 
-    def head(self, step: int, feats, previous, h: int, w: int, num: Numerics):
-        """Raw likelihood parameters ``(B, n, nout)`` of step ``step`` given the sub-pixels of the
-        earlier steps."""
-        steps = self.layout(h, w)
-        _, _, pos, ctx = steps[step]
+    def known_from_parts(self, parts, h: int, w: int) -> torch.Tensor:
+        """Scaled sub-pixels of the steps in ``parts`` (the first ``len(parts)`` steps) as the flat
+        ``(B, C*H*W + 1)`` float64 vector that :meth:`head` reads, zero where not yet known; the last
+        entry (zero) stands for "outside the image"."""
+        ch = self.config.channels
+        b = parts[0].shape[0] if parts else 0
+        known = torch.zeros((b, ch * h * w + 1), dtype=torch.float64, device=parts[0].device if parts else None)
+        for (_, c, p, _), pix in zip(self.layout(h, w), parts):
+            known[:, c * h * w + p] = self.scaled(pix)
+        return known
+
+    def known_from_image(self, x) -> torch.Tensor:
+        """As :meth:`known_from_parts` with every step known (training and evaluation: the heads only
+        read the entries of earlier steps)."""
+        flat = self.scaled(x).reshape(x.shape[0], -1)
+        return torch.cat([flat, torch.zeros_like(flat[:, :1])], 1)
+
+    def head(self, step: int, feats, known, h: int, w: int, num: Numerics):
+        """Raw likelihood parameters ``(B, n, nout)`` of step ``step`` given ``known`` (from
+        :meth:`known_from_parts` or :meth:`known_from_image`), of which it reads only earlier steps."""
+        _, _, pos, ctx = self.layout(h, w)[step]
         b = feats.shape[0]
         n = pos.numel()
         inputs = feats[:, pos.to(feats.device)]
         l1, l2, l3, skip = self.heads[step]
         if ctx.shape[1]:
-            ch = self.config.channels
-            known = torch.zeros((b, ch * h * w + 1), dtype=torch.float64, device=feats.device)
-            for (_, c, p, _), pix in zip(steps, previous):
-                known[:, c * h * w + p] = self.scaled(pix)
-            context = num.input(known[:, ctx]).to(inputs.dtype)
+            context = num.input(known[:, ctx.to(known.device)]).to(inputs.dtype)
             inputs = torch.cat([inputs, context], -1)
         hdd = num.linear(l1, inputs.reshape(b * n, -1), relu=True)
         hdd = num.linear(l2, hdd, relu=True)
@@ -250,9 +285,10 @@ class HierarchicalVAE(nn.Module):
         kl = gaussian_kl(m1, s1, pm1, ps1).flatten(1).sum(1) + gaussian_kl(m2, s2, 0.0, 0.0).flatten(1).sum(1)
         feats = self.features(z1, num)
         parts = self.split_steps(x)
+        known = self.known_from_image(x)
         nll = torch.zeros(b, device=x.device)
         for step in range(self.steps):
-            raw = self.head(step, feats, parts[:step], h, w, num).float()
+            raw = self.head(step, feats, known, h, w, num).float()
             nll = nll - self.likelihood.log_prob(parts[step], raw).sum(1)
         return {"kl_bits": kl / math.log(2), "nll_bits": nll / math.log(2)}
 
