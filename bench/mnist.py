@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--model-uint8", default=None)
     ap.add_argument("--model-binary", default=None)
     ap.add_argument("--tradeoff", action="store_true", help="also sweep lanes per image and batch size")
+    ap.add_argument("--tradeoff-limit", type=int, default=2000, help="images used by the trade-off sweep")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
@@ -95,11 +96,12 @@ def main():
         row["bbcodec_roundtrip_seconds"] = ours["encode_seconds"] + ours["decode_seconds"]
         if args.tradeoff:
             sweep = []
+            subset = write_variant(arr[: args.tradeoff_limit], tmp / f"mnist-{name}-subset")
             for batch, lpi in ((16, 49), (64, 49), (64, 98), (64, 196), (128, 196)):
                 if name == "binary":
                     lpi = max(1, lpi // 7)
-                r = api.evaluate(path, model=models[name], coding={"batch": batch, "lanes_per_image": lpi})
-                sweep.append({"batch": batch, "lanes_per_image": lpi, "bits_per_dim": r["code_length_bits_per_dim"],
+                r = api.evaluate(subset, model=models[name], coding={"batch": batch, "lanes_per_image": lpi})
+                sweep.append({"images": len(arr[: args.tradeoff_limit]), "batch": batch, "lanes_per_image": lpi, "bits_per_dim": r["code_length_bits_per_dim"],
                               "over_elbo": r["code_length_over_elbo"], "encode_images_per_s": r["encode_images_per_s"],
                               "decode_images_per_s": r["decode_images_per_s"]})
                 print(f"  tradeoff {name} batch={batch} lanes/image={lpi}: {sweep[-1]}", flush=True)
