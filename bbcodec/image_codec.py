@@ -76,6 +76,8 @@ def plan_batches(n_images: int, p: CodingParams) -> list[tuple[int, int]]:
         done += b
         prev = b
     return plan
+
+
 @dataclass
 class CodingStats:
     bits: int = 0  # ANS message size (stream + packed heads)
@@ -85,6 +87,7 @@ class CodingStats:
     batches: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
 
 class BatchedImageCodec:
     """Shared machinery: images coded batch after batch on one message whose lanes grow as the
