@@ -170,8 +170,9 @@ class HierarchicalVAE(nn.Module):
         m = self.likelihood.nlogits + k
         for step, head in enumerate(self.heads):
             with torch.no_grad():
-                # start from the average of same-channel neighbours (or of the pixel's earlier channels) as every component's mean, at scales of a few
-                # pixel levels rather than half the range: a sensible predictor from step one
+                # every component's mean starts as the average of same-channel neighbours (or of
+                # the pixel's earlier channels), at scales of a few pixel levels rather than half
+                # the range: a sensible predictor from the first step (the model learns far faster)
                 head[3].weight.copy_(_initial_prediction(step, c.patch, c.channels, c.context).expand_as(head[3].weight))
                 head[2].weight.mul_(0.01)
                 head[2].bias.zero_()
