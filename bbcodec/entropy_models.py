@@ -150,9 +150,12 @@ class CDFModel(EntropyModel):
     def lookup(self, slot: torch.Tensor):
         """Largest ``i`` with ``C(i) <= slot``. The end symbols (often most of the mass: image
         backgrounds, saturated pixels) are decided with one probe each; only the remaining lanes
-        are bisected."""
-        if self.n <= 4 or slot.dim() != 1:
-            return self._bisect(slot, 0, self.n)
+        are searched."""
+        if slot.dim() != 1:
+            sym, start, freq = self.reshape((-1,)).lookup(slot.reshape(-1))
+            return sym.reshape(slot.shape), start.reshape(slot.shape), freq.reshape(slot.shape)
+        if self.n <= 4:
+            return self._search(slot, 0, self.n)
         ones = torch.ones_like(slot)
         c1 = self.cumulative(ones)
         c_last = self.cumulative(ones * (self.n - 1))
@@ -162,28 +165,43 @@ class CDFModel(EntropyModel):
         hi = torch.where(slot < c1, c1, top)
         inner = torch.nonzero((slot >= c1) & (slot < c_last)).squeeze(1)
         if inner.numel():
-            s_in, lo_in, f_in = self[inner]._bisect(slot[inner], 1, self.n - 1, c_last[inner])
+            s_in, lo_in, f_in = self[inner]._search(slot[inner], 1, self.n - 1, c_last[inner])
             sym = sym.index_put((inner,), s_in)
             lo = lo.index_put((inner,), lo_in)
             hi = hi.index_put((inner,), lo_in + f_in)
         return sym, lo, hi - lo
 
-    def _bisect(self, slot: torch.Tensor, first: int, stop: int, hi_c: torch.Tensor | None = None):
-        """Largest ``i`` in ``[first, stop)`` with ``C(i) <= slot`` (given ``C(first) <= slot``;
-        ``hi_c``, if given, is ``C(stop)``)."""
+    SMALL_SEARCH = 2048  # up to this many lanes, probe 15 candidates per round (overhead-bound)
+
+    def _search(self, slot: torch.Tensor, first: int, stop: int, hi_c: torch.Tensor | None = None):
+        """Largest ``i`` in ``[first, stop)`` with ``C(i) <= slot`` for 1-D lanes, given ``C(first)
+        <= slot``; ``hi_c``, if given, is ``C(stop)``. Returns ``(i, C(i), C(i + 1) - C(i))``.
+
+        Each round probes ``ways - 1`` evenly spaced candidates in one :meth:`cumulative` call and
+        keeps the sub-interval between the last accepted and the first rejected one: bisection for
+        many lanes (``ways = 2``), 16-way search for few, where per-call overhead dominates."""
+        ways = 16 if slot.numel() <= self.SMALL_SEARCH else 2
+        k = ways - 1
+        model = self if k == 1 else self[torch.arange(slot.numel(), device=slot.device).repeat(k)]
+        offsets = torch.arange(1, ways, device=slot.device).unsqueeze(1)
         sym = torch.full_like(slot, first)
         lo_c = self.cumulative(sym) if first else torch.zeros_like(slot)
         if hi_c is None:
             hi_c = self.cumulative(torch.full_like(slot, stop))
-        for bit in reversed(range(max(1, (stop - 1 - first).bit_length()))):
-            cand = sym + (1 << bit)
-            ok = cand < stop
-            c = self.cumulative(torch.where(ok, cand, sym))
-            take = ok & (c <= slot)
-            sym = torch.where(take, cand, sym)
-            lo_c = torch.where(take, c, lo_c)
-            # the smallest rejected candidate bounds the symbol's interval from above
-            hi_c = torch.where(ok & ~take & (cand == sym + (1 << bit)) & (c < hi_c), c, hi_c)
+        width = stop - first  # the symbol lies in [sym, min(sym + width, stop))
+        while width > 1:
+            step = -(-width // ways)
+            cand = sym + offsets * step  # (k, lanes), ascending
+            ok = cand < torch.clamp(sym + width, max=stop)
+            c = model.cumulative(torch.where(ok, cand, sym).reshape(-1)).reshape(k, -1)
+            count = (ok & (c <= slot)).sum(0)  # C is monotone: the accepted candidates are a prefix
+            lo_c = torch.where(count > 0, c.gather(0, (count - 1).clamp(min=0).unsqueeze(0))[0], lo_c)
+            after = count.clamp(max=k - 1).unsqueeze(0)
+            # the first rejected candidate, if probed, bounds the symbol's interval from above
+            rejected = (count < k) & ok.gather(0, after)[0]
+            hi_c = torch.where(rejected, c.gather(0, after)[0], hi_c)
+            sym = sym + count * step
+            width = step
         return sym, lo_c, hi_c - lo_c
 
 

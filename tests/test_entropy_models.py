@@ -180,3 +180,19 @@ def test_packed_bernoulli_pack_unpack_and_cost():
     ones = em.PackedBernoulli.pack(torch.ones(7, 16, dtype=torch.long))
     # 16 near-certain bits cost about 16 * -log2(0.999999) bits, not 16 * 2**-15
     assert float(model.information(ones).max()) < 1e-3
+
+
+@pytest.mark.parametrize("lanes", [7, 300, 3000])  # 16-way search below SMALL_SEARCH lanes, bisection above
+def test_mixture_lookup_matches_brute_force(lanes):
+    gen = torch.Generator().manual_seed(lanes)
+    means = torch.rand(lanes, 3, generator=gen, dtype=torch.float64) * 300 - 20
+    scales = torch.exp(torch.randn(lanes, 3, generator=gen, dtype=torch.float64) * 2)
+    logits = torch.randn(lanes, 5, generator=gen, dtype=torch.float64) * 3
+    model = em.LogisticMixture(means, scales, logits=logits, end_masses=True)
+    table = torch.stack([model.cumulative(torch.full((lanes,), i)) for i in range(model.n + 1)], 1)
+    slot = torch.randint(0, 1 << model.precision, (lanes,), generator=gen)
+    expected = (table[:, 1:] <= slot.unsqueeze(1)).sum(1)  # largest i with C(i) <= slot
+    sym, start, freq = model.lookup(slot)
+    assert torch.equal(sym, expected)
+    assert torch.equal(start, table.gather(1, sym.unsqueeze(1))[:, 0])
+    assert torch.equal(start + freq, table.gather(1, sym.unsqueeze(1) + 1)[:, 0])
