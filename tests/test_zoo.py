@@ -7,9 +7,9 @@ import torch
 from bbcodec import api
 from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
-from helpers import sample_binary, sample_images
+from helpers import SAMPLES, sample_binary, sample_images
 
-EXPECTED = {"mnist-uint8", "mnist-binary"}
+EXPECTED = {"mnist-uint8", "mnist-binary", "cifar10-rgb"}
 
 
 def test_expected_models_are_embedded_with_cards():
@@ -37,3 +37,14 @@ def test_default_models_roundtrip_and_rate(kind):
     fixed = stats.initial_bits + 5 * stats.lanes
     assert abs((8 * len(bits) - fixed) / elbo - 1) < 0.03
     assert 8 * len(data) / x.numel() < (1.35 if kind == "uint8" else 0.25)
+
+
+def test_colour_model_on_cifar_sample(tmp_path):
+    """The default colour model restores a CIFAR-10 batch file byte for byte, at a rate below
+    what PNG gets on these images (about 5.9 bits/dim)."""
+    src = SAMPLES / "cifar10-test-20.bin"
+    summary = api.compress(src, tmp_path / "c.bbc")
+    assert summary["model"] == api.COLOUR_MODEL
+    api.decompress(tmp_path / "c.bbc", tmp_path / "restored.bin")
+    assert (tmp_path / "restored.bin").read_bytes() == src.read_bytes()
+    assert 8 * (tmp_path / "c.bbc").stat().st_size / (20 * 3072) < 5.0
