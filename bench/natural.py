@@ -77,6 +77,24 @@ def main():
     if not (DATA / "cifar10").exists():
         sys.exit(f"data not found under {DATA}")
     results = {"threads": torch.get_num_threads()}
+    if args.cifar_limit:
+        cifar_section(args, results)
+    if args.kodak_limit:
+        k = kodak(args.model, args.kodak_limit, args.repeats)
+        results["kodak"] = k
+        print(f"\n== Kodak ({len(k['images'])} images), mean bits/dim ==")
+        for name, v in k["mean"].items():
+            print(f"{name:28s} {v:.4f}")
+        save(args, results)
+
+
+def save(args, results):
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+def cifar_section(args, results):
     c = cifar(args.model, args.cifar_limit)
     results["cifar10_test_first1000"] = c
     b = c["bbcodec"]
@@ -85,15 +103,7 @@ def main():
           f"{100 * b['code_length_over_elbo']:+.2f}%; encode {b['encode_images_per_s']:.1f} img/s, decode {b['decode_images_per_s']:.1f} img/s)")
     for k, v in c["image_codecs_bits_per_dim"].items():
         print(f"{k:28s} {v:.4f} bits/dim" if isinstance(v, float) else f"{k:28s} {v}")
-    if args.kodak_limit:
-        k = kodak(args.model, args.kodak_limit, args.repeats)
-        results["kodak"] = k
-        print(f"\n== Kodak ({len(k['images'])} images), mean bits/dim ==")
-        for name, v in k["mean"].items():
-            print(f"{name:28s} {v:.4f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    save(args, results)
 
 
 if __name__ == "__main__":
