@@ -41,11 +41,11 @@ def cifar(model, limit: int) -> dict:
     return {"bbcodec": r, "image_codecs_bits_per_dim": {k: (8 * v / dims if isinstance(v, int) else v) for k, v in base.items()}}
 
 
-def kodak(model, limit: int, repeats: int) -> dict:
+def kodak(model, limit: int, repeats: int, start: int = 0) -> dict:
     """Each image coded on its own, as its .bbc file would be (``api.evaluate`` builds the same
     container as ``bbcodec compress`` in memory and verifies the round trip); times are the median
     coding times over ``repeats`` runs."""
-    files = sorted((DATA / "kodak").glob("kodim*.png"))[:limit]
+    files = sorted((DATA / "kodak").glob("kodim*.png"))[start: start + limit]
     rows = []
     for path in files:
         runs = [api.evaluate(path, model=model) for _ in range(repeats)]
@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--cifar-limit", type=int, default=1000)
     ap.add_argument("--kodak-limit", type=int, default=24)
+    ap.add_argument("--kodak-start", type=int, default=0, help="skip the first N Kodak images")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -80,7 +81,7 @@ def main():
     if args.cifar_limit:
         cifar_section(args, results)
     if args.kodak_limit:
-        k = kodak(args.model, args.kodak_limit, args.repeats)
+        k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start)
         results["kodak"] = k
         print(f"\n== Kodak ({len(k['images'])} images), mean bits/dim ==")
         for name, v in k["mean"].items():
