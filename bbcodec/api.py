@@ -164,6 +164,7 @@ def _encode_chunks(loaded, images, coding, chunk, progress):
 
 def _decode_chunks(loaded, container: Container, progress):
     coding = {k: v for k, v in container.coding.items() if k != "tile"}
+    coding.setdefault("plain_start", False)  # files written before the option existed
     layout = Layout(loaded, container.shape, coding)
     if "tile" in container.coding and container.coding["tile"] != layout.tile:
         raise BBCodecError(f"file uses {container.coding['tile']}-pixel tiles; model {loaded.name} codes {layout.tile}")

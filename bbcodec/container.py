@@ -22,8 +22,9 @@ from .errors import BBCodecError
 
 MAGIC = b"BBC"
 VERSION = 1
-# coding parameters, stored as a list in this order (format version 1)
-CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile")
+# coding parameters, stored as a list in this order (format version 1; keys are only ever appended,
+# and a key missing from an older file takes its value from when it was added: plain_start False)
+CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile", "plain_start")
 
 
 class ContainerError(BBCodecError, ValueError):

@@ -6,17 +6,21 @@ likelihood, push the latents with the N(0, 1) prior on its max-entropy bins. All
 exact fixed-point arithmetic, all distributions in deterministic float64, so decoding reproduces
 the encoder's integers on any machine and thread count.
 
-Start-up cost is kept small two ways. The batch size doubles from one image up to ``batch``, so
-the first bits-back pop needs only one image's worth of seeded bits. And the message starts with
-few lanes and grows towards ``lanes_per_image * batch`` only as fast as the data already coded can
-pay for the new lanes (31 popped bits each, :meth:`bbcodec.ans.Message.grow`), so extra lanes cost
-almost nothing but their 5-bit length field at the end.
+Start-up cost is kept small three ways. With ``plain_start`` the first images are coded without
+bits-back, their latents fixed at the prior's central bins (for models whose latents carry little
+information this costs far less than the seeded bits a first bits-back pop would consume), until
+the message holds enough bits for the first pop. The batch size then doubles from one image up to
+``batch``, so no step pops more than the message holds. And the message starts with few lanes and
+grows towards ``lanes_per_image * batch`` only as fast as the data already coded can pay for the
+new lanes (31 popped bits each, :meth:`bbcodec.ans.Message.grow`), so extra lanes cost almost
+nothing but their 5-bit length field at the end.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -46,6 +50,7 @@ class CodingParams:
     pop_bits_per_image: float = 400.0
     precision: int = 24  # pixel and posterior precision (bits)
     pack: int = 14  # binary pixels per rANS symbol
+    plain_start: bool = False  # code the first images with fixed latents instead of seeded bits
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -54,25 +59,42 @@ class CodingParams:
 SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a step spend
 
 
-def plan_batches(n_images: int, p: CodingParams) -> list[tuple[int, int]]:
-    """``[(images, lanes)]`` for each batch, a deterministic function of ``n_images`` and ``p``.
+class Step(NamedTuple):
+    """One batch of the coding plan: how many images, the lane count, and whether bits-back is
+    used (otherwise the latents are fixed at the prior's central bins)."""
+
+    images: int
+    lanes: int
+    bits_back: bool = True
+
+
+def plan_batches(n_images: int, p: CodingParams) -> list[Step]:
+    """The batches, a deterministic function of ``n_images`` and ``p``.
 
     ``budget`` tracks the bits the message holds beyond what is locked in lane heads: the random
-    start heads' 31 bits each, plus ``bits_per_image`` per coded image, minus 31 per added lane.
-    The next batch pops at most ``SAFETY * budget`` bits, at most doubling the batch size; lanes
-    grow towards ``lanes_per_image * batch`` with what is left of that share.
+    start heads' 31 bits each (none with ``plain_start``: the heads start empty), plus
+    ``bits_per_image`` per coded image, minus 31 per added lane. With ``plain_start``, images are
+    coded without bits-back until ``SAFETY * budget`` covers one image's pop. Otherwise the next
+    batch pops at most ``SAFETY * budget`` bits, at most doubling the batch size; lanes grow towards
+    ``lanes_per_image * batch`` with what is left of that share.
     """
     plan, done, lanes, prev = [], 0, p.initial_lanes, 0
-    budget = float(GROW_BITS * p.initial_lanes)
+    budget = 0.0 if p.plain_start else float(GROW_BITS * p.initial_lanes)
     pop = max(float(p.pop_bits_per_image), 1.0)
     while done < n_images:
         spend = SAFETY * budget
-        b = int(min(p.batch, n_images - done, max(1, 2 * prev), max(1, spend // pop)))
-        want = max(lanes, p.lanes_per_image * b)
-        new = int(min(want - lanes, max(0.0, (spend - pop * b) // GROW_BITS)))
-        lanes += new
-        budget += p.bits_per_image * b - GROW_BITS * new
-        plan.append((b, lanes))
+        if p.plain_start and spend < pop:
+            need = math.ceil((pop - spend) / (SAFETY * max(float(p.bits_per_image), 1.0)))
+            b = int(min(p.batch, n_images - done, max(1, need)))
+            plan.append(Step(b, lanes, False))
+            budget += p.bits_per_image * b
+        else:
+            b = int(min(p.batch, n_images - done, max(1, 2 * prev), max(1, spend // pop)))
+            want = max(lanes, p.lanes_per_image * b)
+            new = int(min(want - lanes, max(0.0, (spend - pop * b) // GROW_BITS)))
+            lanes += new
+            budget += p.bits_per_image * b - GROW_BITS * new
+            plan.append(Step(b, lanes))
         done += b
         prev = b
     return plan
@@ -91,8 +113,9 @@ class CodingStats:
 
 class BatchedImageCodec:
     """Shared machinery: images coded batch after batch on one message whose lanes grow as the
-    coded data pays for them. Subclasses provide :meth:`_batch_codec` (a codec for a batch of
-    ``size`` images), :meth:`image_shape` and :meth:`negative_elbo`."""
+    coded data pays for them. Subclasses provide the pieces of one batch (:meth:`_split` and
+    :meth:`_join` between images and the likelihood's groups, :meth:`_prior`, :meth:`_posterior`,
+    :meth:`_likelihood`, :meth:`_fixed_latents`), :meth:`image_shape` and :meth:`negative_elbo`."""
 
     def __init__(self, model, params: CodingParams | None = None, seed: int = 0):
         self.model = model
@@ -104,11 +127,39 @@ class BatchedImageCodec:
     def image_shape(self) -> tuple:
         raise NotImplementedError
 
-    def _batch_codec(self, size: int) -> C.Codec:
+    def _split(self, x):
+        raise NotImplementedError
+
+    def _join(self, parts):
+        raise NotImplementedError
+
+    def _prior(self, size: int) -> C.Codec:
+        raise NotImplementedError
+
+    def _posterior(self, x) -> C.Codec:
+        raise NotImplementedError
+
+    def _likelihood(self, z) -> C.Codec:
+        raise NotImplementedError
+
+    def _fixed_latents(self, size: int):
+        """Latent bins used for batches coded without bits-back: the prior's central bins."""
         raise NotImplementedError
 
     def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
         raise NotImplementedError
+
+    def _batch_codec(self, size: int, bits_back: bool = True) -> C.Codec:
+        """A codec for a batch of ``size`` images: one bits-back step, or with ``bits_back=False``
+        the likelihood alone given :meth:`_fixed_latents`."""
+        if bits_back:
+            inner = C.BBANS(self._prior(size), self._likelihood, lambda parts: self._posterior(self._join(parts)))
+        else:
+            inner = self._likelihood(self._fixed_latents(size))
+        return C.Transform(inner, self._split, self._join)
+
+    def _start_message(self, lanes: int) -> Message:
+        return Message((lanes,), seed=self.seed, random_heads=not self.params.plain_start)
 
     # ------------------------------------------------------------------ whole datasets
     def encode(self, images: torch.Tensor, progress=None) -> tuple[bytes, CodingStats]:
@@ -117,41 +168,42 @@ class BatchedImageCodec:
 
         t0 = time.perf_counter()
         plan = plan_batches(len(images), self.params)
-        msg = Message((plan[0][1],), seed=self.seed, random_heads=True)
+        msg = self._start_message(plan[0].lanes)
         start = 0
         with torch.inference_mode():
-            for size, lanes in plan:
+            for size, lanes, bits_back in plan:
                 if lanes > msg.lane_shape[0]:
                     msg.grow((lanes,))
-                self._batch_codec(size).push(msg, images[start: start + size].to(torch.int64))
+                self._batch_codec(size, bits_back).push(msg, images[start: start + size].to(torch.int64))
                 start += size
                 if progress:
                     progress(size)
         data = msg.to_bytes()
         stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
                             head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],
-                            batches=len(plan), seconds=time.perf_counter() - t0)
+                            batches=len(plan), seconds=time.perf_counter() - t0,
+                            extra={"plain_images": sum(st.images for st in plan if not st.bits_back)})
         return data, stats
 
     def decode(self, data: bytes, n_images: int, progress=None) -> torch.Tensor:
         """Decode ``n_images`` images; verifies the message returns to its seeded start state."""
         plan = plan_batches(n_images, self.params)
         msg = Message.from_bytes(data, seed=self.seed)
-        if msg.lane_shape != (plan[-1][1],):
-            raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1][1]}")
+        if msg.lane_shape != (plan[-1].lanes,):
+            raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1].lanes}")
         out = torch.empty((n_images,) + tuple(self.image_shape()), dtype=torch.uint8)
         end = n_images
         with torch.inference_mode():
             for i in range(len(plan) - 1, -1, -1):
-                size, lanes = plan[i]
-                out[end - size: end] = self._batch_codec(size).pop(msg).to(torch.uint8)
+                size, lanes, bits_back = plan[i]
+                out[end - size: end] = self._batch_codec(size, bits_back).pop(msg).to(torch.uint8)
                 end -= size
-                before = plan[i - 1][1] if i else plan[0][1]
+                before = plan[i - 1].lanes if i else plan[0].lanes
                 if before < lanes:
                     msg.shrink((before,))
                 if progress:
                     progress(size)
-        start = Message((plan[0][1],), seed=self.seed, random_heads=True)
+        start = self._start_message(plan[0].lanes)
         if not torch.equal(msg.heads, start.heads) or not msg.holds_only_seeded_words():
             raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
         return out
@@ -173,6 +225,15 @@ class ContextVAECodec(BatchedImageCodec):
         return (self.cfg.height, self.cfg.width)
 
     # ------------------------------------------------------------------ pieces of one batch
+    def _split(self, x):
+        return self.model.split_groups(x)
+
+    def _join(self, parts):
+        return self.model.join_groups(parts)
+
+    def _fixed_latents(self, size):
+        return torch.full((size, self.cfg.latent_dim), 1 << (self.bits - 1), dtype=torch.int64)
+
     def _posterior(self, x):
         mean, log_scale = self.model.posterior(x, self.num)
         return C.Spread(em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.bits, precision=self.params.precision))
@@ -193,10 +254,6 @@ class ContextVAECodec(BatchedImageCodec):
         values = to_grid(em.bin_centres(z, self.bits))
         feats = self.model.features(values, self.num)
         return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.model.groups)
-
-    def _batch_codec(self, size):
-        bbans = C.BBANS(self._prior(size), self._likelihood, lambda groups: self._posterior(self.model.join_groups(groups)))
-        return C.Transform(bbans, self.model.split_groups, self.model.join_groups)
 
     # ------------------------------------------------------------------ the model's rate
     def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
@@ -292,11 +349,16 @@ class HierarchicalVAECodec(BatchedImageCodec):
         feats = self.model.features(z1, self.num)
         return C.AutoregressiveGroups(lambda s, prev: self._step_codec(s, feats, prev), self.model.steps)
 
-    def _batch_codec(self, size):
-        p = self.cfg.patch
-        bbans = C.BBANS(self._prior(size), self._likelihood,
-                        lambda parts: self._posterior(self.model.join_steps(parts, p, p)))
-        return C.Transform(bbans, self.model.split_steps, lambda parts: self.model.join_steps(parts, p, p))
+    def _split(self, x):
+        return self.model.split_steps(x)
+
+    def _join(self, parts):
+        return self.model.join_steps(parts, self.cfg.patch, self.cfg.patch)
+
+    def _fixed_latents(self, size):
+        centre = 1 << (self.bits - 1)
+        return (torch.full((size,) + self.z2_shape, centre, dtype=torch.int64),
+                torch.full((size,) + self.z1_shape, centre, dtype=torch.int64))
 
     def negative_elbo(self, images: torch.Tensor, batch: int = 200, seed: int = 0) -> dict:
         """Negative ELBO in bits (exact networks, analytic KLs given one seeded z2 sample, one z1

@@ -37,21 +37,41 @@ def test_corrupt_message_detected():
 
 
 @given(n=st.integers(1, 3000), batch=st.integers(1, 128), lpi=st.integers(1, 200), init=st.integers(1, 256),
-       bits=st.floats(1, 5000), pop=st.floats(1, 5000))
-def test_plan_batches(n, batch, lpi, init, bits, pop):
-    p = CodingParams(batch=batch, lanes_per_image=lpi, initial_lanes=init, bits_per_image=bits, pop_bits_per_image=pop)
+       bits=st.floats(1, 5000), pop=st.floats(1, 5000), plain=st.booleans())
+def test_plan_batches(n, batch, lpi, init, bits, pop, plain):
+    p = CodingParams(batch=batch, lanes_per_image=lpi, initial_lanes=init, bits_per_image=bits,
+                     pop_bits_per_image=pop, plain_start=plain)
     plan = plan_batches(n, p)
-    assert sum(b for b, _ in plan) == n
-    lanes = [l for _, l in plan]
+    assert sum(s.images for s in plan) == n
+    lanes = [s.lanes for s in plan]
     assert lanes[0] >= init and lanes == sorted(lanes)
-    assert all(1 <= b <= batch for b, _ in plan)
-    budget, prev, previous_lanes = GROW_BITS * init, 0, init
-    for b, l in plan:
-        assert b <= max(1, 2 * prev)
-        spent = pop * b + GROW_BITS * (l - previous_lanes)
-        assert b == 1 and l == previous_lanes or spent <= SAFETY * budget + 1e-6  # only what was put in
+    assert all(1 <= s.images <= batch for s in plan)
+    flags = [s.bits_back for s in plan]
+    assert flags == sorted(flags) and (plain or all(flags))  # plain batches only at the start
+    budget, prev, previous_lanes = (0 if plain else GROW_BITS * init), 0, init
+    for b, l, bits_back in plan:
+        if bits_back:
+            assert b <= max(1, 2 * prev)
+            spent = pop * b + GROW_BITS * (l - previous_lanes)
+            assert b == 1 and l == previous_lanes or spent <= SAFETY * budget + 1e-6  # only what was put in
+            assert not plain or pop <= SAFETY * budget + 1e-6  # a plain start waits for the first pop
+        else:
+            assert l == previous_lanes
         budget += bits * b - GROW_BITS * (l - previous_lanes)
         prev, previous_lanes = b, l
+
+
+@pytest.mark.parametrize("plain_start", [False, True])
+def test_plain_start_round_trip_uses_no_seeded_bits(plain_start):
+    model = tiny_model("uint8")
+    x = sample_images(30)
+    params = CodingParams(batch=8, lanes_per_image=49, initial_lanes=16, bits_per_image=1000,
+                          pop_bits_per_image=1000, plain_start=plain_start)
+    codec = ContextVAECodec(model, params)
+    data, stats = codec.encode(x)
+    assert (stats.extra["plain_images"] > 0) == plain_start
+    assert (stats.initial_bits == 0) == plain_start
+    assert torch.equal(codec.decode(data, len(x)), x)
 
 
 def test_negative_elbo_close_to_code_length_for_random_model():
@@ -91,3 +111,23 @@ def test_decodes_in_another_process_with_other_thread_counts(tmp_path):
     for n in (1, 2):
         r = subprocess.run([sys.executable, "-c", DECODE_IN_SUBPROCESS, str(n), here, str(path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_files_from_before_plain_start_still_decode(tmp_path):
+    """A file whose coding list lacks ``plain_start`` (written before it existed) decodes as one
+    coded with seeded bits, whatever the model's current default."""
+    from bbcodec import api
+    from bbcodec.container import Container
+    from helpers import save_tiny
+
+    model = save_tiny(tmp_path / "tiny", "uint8", coding={"bits_per_image": 2000.0, "plain_start": True})
+    x = sample_images(10)
+    data = api.compress_images(x, model=model, coding={"plain_start": False})
+    box = Container.from_bytes(data)
+    del box.coding["plain_start"]
+    old = box.to_bytes()
+    assert Container.from_bytes(old).coding.get("plain_start") is None
+    assert torch.equal(api.decompress_images(old, model=model), x)
+    new = api.compress_images(x, model=model)
+    assert Container.from_bytes(new).coding["plain_start"] is True
+    assert torch.equal(api.decompress_images(new, model=model), x)
