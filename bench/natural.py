@@ -41,10 +41,10 @@ def cifar(model, limit: int) -> dict:
     return {"bbcodec": r, "image_codecs_bits_per_dim": {k: (8 * v / dims if isinstance(v, int) else v) for k, v in base.items()}}
 
 
-def kodak(model, limit: int, repeats: int, start: int = 0) -> dict:
+def kodak(model, limit: int, repeats: int, start: int = 0, on_row=None) -> dict:
     """Each image coded on its own, as its .bbc file would be (``api.evaluate`` builds the same
     container as ``bbcodec compress`` in memory and verifies the round trip); times are the median
-    coding times over ``repeats`` runs."""
+    coding times over ``repeats`` runs. ``on_row(rows)`` is called after each image (partial saves)."""
     files = sorted((DATA / "kodak").glob("kodim*.png"))[start: start + limit]
     rows = []
     for path in files:
@@ -61,6 +61,8 @@ def kodak(model, limit: int, repeats: int, start: int = 0) -> dict:
         print(f"{path.name}: bbcodec {rows[-1]['bits_per_dim']:.3f} bits/dim (ELBO {rep['negative_elbo_bits_per_dim']:.3f}), "
               f"compress {rows[-1]['compress_seconds']:.1f} s, decompress {rows[-1]['decompress_seconds']:.1f} s; "
               + ", ".join(f"{k} {v:.3f}" for k, v in base.items() if isinstance(v, float)), flush=True)
+        if on_row:
+            on_row(rows)
     keys = [k for k in rows[0] if k not in ("image",)]
     mean = {k: float(np.mean([r[k] for r in rows if isinstance(r[k], float)])) for k in keys}
     return {"images": rows, "mean": mean}
@@ -81,7 +83,11 @@ def main():
     if args.cifar_limit:
         cifar_section(args, results)
     if args.kodak_limit:
-        k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start)
+        def partial(rows):
+            results["kodak"] = {"images": rows, "partial": True}
+            save(args, results)
+
+        k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start, on_row=partial)
         results["kodak"] = k
         print(f"\n== Kodak ({len(k['images'])} images), mean bits/dim ==")
         for name, v in k["mean"].items():
