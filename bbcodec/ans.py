@@ -136,6 +136,11 @@ class Message:
         header: ``32 * stream_words + sum(5 + bitlen(head) - 1)``."""
         return 32 * self._len + int(_head_bits(self.heads).sum().item())
 
+    def content_bits(self) -> int:
+        """Bits that pops can take before drawing seeded words: the stream's words plus each head's
+        bits above its floor of ``2**31``."""
+        return 32 * self._len + int((_head_bits(self.heads) - 36).sum().item())
+
     # ------------------------------------------------------------------ stream
     def _append(self, words: torch.Tensor) -> None:
         n = words.numel()

@@ -164,7 +164,8 @@ def _encode_chunks(loaded, images, coding, chunk, progress):
 
 def _decode_chunks(loaded, container: Container, progress):
     coding = {k: v for k, v in container.coding.items() if k != "tile"}
-    coding.setdefault("plain_start", False)  # files written before the option existed
+    for key in ("plain_start", "stored_plan"):
+        coding.setdefault(key, False)  # files written before the option existed
     layout = Layout(loaded, container.shape, coding)
     if "tile" in container.coding and container.coding["tile"] != layout.tile:
         raise BBCodecError(f"file uses {container.coding['tile']}-pixel tiles; model {loaded.name} codes {layout.tile}")
@@ -356,11 +357,13 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     if not torch.equal(decoded, images):
         raise BBCodecError("round trip failed: decoded images differ")  # never expected
     container_bits = 8 * box.header_bytes()
-    framing_bits = sum(8 * len(c) - st.bits for c, st in zip(chunks, stats))
+    plan_bits = sum(st.extra.get("plan_bits", 0) for st in stats)
+    framing_bits = sum(8 * len(c) - st.bits for c, st in zip(chunks, stats)) - plan_bits
     initial_bits = sum(st.initial_bits for st in stats)
     length_fields = sum(5 * st.lanes for st in stats)
     overhead = {"container_header_bits": container_bits, "ans_framing_and_padding_bits": framing_bits,
-                "initial_bits": initial_bits, "head_length_field_bits": length_fields}
+                "initial_bits": initial_bits, "head_length_field_bits": length_fields,
+                "coding_plan_bits": plan_bits}
     return {
         "input": str(src), "model": loaded.name, "images": len(images), "dims": dims,
         "negative_elbo_bits_per_dim": elbo["bits"] / dims,

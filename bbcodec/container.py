@@ -19,41 +19,25 @@ import zlib
 from dataclasses import dataclass, field
 
 from .errors import BBCodecError
+from .varint import decode_varint, encode_varint
 
 MAGIC = b"BBC"
 VERSION = 1
 # coding parameters, stored as a list in this order (format version 1; keys are only ever appended,
-# and a key missing from an older file takes its value from when it was added: plain_start False)
-CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile", "plain_start")
+# and a key missing from an older file takes its value from before it was added: False)
+CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile", "plain_start",
+               "stored_plan")
 
 
 class ContainerError(BBCodecError, ValueError):
     """A .bbc file that is truncated, corrupt, or from an unknown format version."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ContainerError("truncated .bbc header")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
+    try:
+        return decode_varint(data, pos)
+    except ValueError:
+        raise ContainerError("truncated .bbc header") from None
 
 
 @dataclass
@@ -81,7 +65,7 @@ class Container:
         head["x"] = len(side)
         packed = zlib.compress(json.dumps(head, separators=(",", ":")).encode(), 9)
         return (MAGIC + bytes([VERSION]) + bytes.fromhex(self.model_sha256) + bytes.fromhex(self.data_sha256)
-                + _varint(len(packed)) + packed + b"".join(self.chunks) + side)
+                + encode_varint(len(packed)) + packed + b"".join(self.chunks) + side)
 
     def header_bytes(self) -> int:
         """Bytes of everything but the chunks (the container's own overhead)."""

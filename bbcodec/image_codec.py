@@ -28,6 +28,7 @@ from . import codecs as C
 from . import detmath
 from . import entropy_models as em
 from .ans import GROW_BITS, Message
+from .varint import decode_varint, encode_varint
 from .models.fixedpoint import ExactNumerics, to_grid
 from .models.likelihoods import BernoulliLikelihood
 
@@ -51,6 +52,7 @@ class CodingParams:
     precision: int = 24  # pixel and posterior precision (bits)
     pack: int = 14  # binary pixels per rANS symbol
     plain_start: bool = False  # code the first images with fixed latents instead of seeded bits
+    stored_plan: bool = False  # plan each batch from the bits really in the message; store the plan
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -68,36 +70,69 @@ class Step(NamedTuple):
     bits_back: bool = True
 
 
-def plan_batches(n_images: int, p: CodingParams) -> list[Step]:
-    """The batches, a deterministic function of ``n_images`` and ``p``.
+def next_step(budget: float, remaining: int, lanes: int, prev: int, p: CodingParams) -> Step:
+    """The next batch given ``budget``, the bits the message holds beyond what is locked in lane
+    heads. With ``plain_start``, images are coded without bits-back until ``SAFETY * budget`` covers
+    one image's pop. Otherwise the batch pops at most ``SAFETY * budget`` bits, at most doubling the
+    previous batch size; lanes grow towards ``lanes_per_image * batch`` with what is left of that
+    share."""
+    spend = SAFETY * budget
+    pop = max(float(p.pop_bits_per_image), 1.0)
+    if p.plain_start and spend < pop:
+        need = math.ceil((pop - spend) / (SAFETY * max(float(p.bits_per_image), 1.0)))
+        return Step(int(min(p.batch, remaining, max(1, need))), lanes, False)
+    b = int(min(p.batch, remaining, max(1, 2 * prev), max(1, spend // pop)))
+    want = max(lanes, p.lanes_per_image * b)
+    new = int(min(want - lanes, max(0.0, (spend - pop * b) // GROW_BITS)))
+    return Step(b, lanes + new)
 
-    ``budget`` tracks the bits the message holds beyond what is locked in lane heads: the random
-    start heads' 31 bits each (none with ``plain_start``: the heads start empty), plus
-    ``bits_per_image`` per coded image, minus 31 per added lane. With ``plain_start``, images are
-    coded without bits-back until ``SAFETY * budget`` covers one image's pop. Otherwise the next
-    batch pops at most ``SAFETY * budget`` bits, at most doubling the batch size; lanes grow towards
-    ``lanes_per_image * batch`` with what is left of that share.
-    """
+
+def plan_batches(n_images: int, p: CodingParams) -> list[Step]:
+    """The batches planned from estimates alone, a deterministic function of ``n_images`` and ``p``:
+    the budget starts at the random start heads' 31 bits each (none with ``plain_start``: the heads
+    start empty) and grows by ``bits_per_image`` per coded image, less 31 per added lane."""
     plan, done, lanes, prev = [], 0, p.initial_lanes, 0
     budget = 0.0 if p.plain_start else float(GROW_BITS * p.initial_lanes)
-    pop = max(float(p.pop_bits_per_image), 1.0)
     while done < n_images:
-        spend = SAFETY * budget
-        if p.plain_start and spend < pop:
-            need = math.ceil((pop - spend) / (SAFETY * max(float(p.bits_per_image), 1.0)))
-            b = int(min(p.batch, n_images - done, max(1, need)))
-            plan.append(Step(b, lanes, False))
-            budget += p.bits_per_image * b
-        else:
-            b = int(min(p.batch, n_images - done, max(1, 2 * prev), max(1, spend // pop)))
-            want = max(lanes, p.lanes_per_image * b)
-            new = int(min(want - lanes, max(0.0, (spend - pop * b) // GROW_BITS)))
-            lanes += new
-            budget += p.bits_per_image * b - GROW_BITS * new
-            plan.append(Step(b, lanes))
-        done += b
-        prev = b
+        step = next_step(budget, n_images - done, lanes, prev, p)
+        budget += p.bits_per_image * step.images - GROW_BITS * (step.lanes - lanes)
+        plan.append(step)
+        done += step.images
+        lanes, prev = step.lanes, step.images
     return plan
+
+
+def plan_to_bytes(plan: list[Step]) -> bytes:
+    """The plan as varint runs ``(repeat, images, lanes, bits_back)``, preceded by the run count."""
+    runs = []
+    for step in plan:
+        if runs and runs[-1][1] == step:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, step])
+    out = [encode_varint(len(runs))]
+    for repeat, (images, lanes, bits_back) in runs:
+        out += [encode_varint(repeat), encode_varint(images), encode_varint(lanes), encode_varint(int(bits_back))]
+    return b"".join(out)
+
+
+def plan_from_bytes(data: bytes, n_images: int) -> tuple[list[Step], int]:
+    """Inverse of :func:`plan_to_bytes`: ``(plan, bytes read)``; ``ValueError`` unless the plan is
+    well formed and codes exactly ``n_images`` images."""
+    runs, pos = decode_varint(data, 0)
+    plan = []
+    for _ in range(runs):
+        fields = []
+        for _ in range(4):
+            value, pos = decode_varint(data, pos)
+            fields.append(value)
+        repeat, images, lanes, bits_back = fields
+        if repeat < 1 or images < 1 or lanes < 1 or bits_back > 1 or repeat * images > n_images:
+            raise ValueError("corrupt coding plan")
+        plan += [Step(images, lanes, bool(bits_back))] * repeat
+    if sum(s.images for s in plan) != n_images or any(b.lanes < a.lanes for a, b in zip(plan, plan[1:])):
+        raise ValueError("corrupt coding plan")
+    return plan, pos
 
 
 @dataclass
@@ -163,32 +198,48 @@ class BatchedImageCodec:
 
     # ------------------------------------------------------------------ whole datasets
     def encode(self, images: torch.Tensor, progress=None) -> tuple[bytes, CodingStats]:
-        """Encode ``(N, H, W)`` uint8 images; returns the ANS message bytes and statistics."""
+        """Encode ``(N, H, W)`` uint8 images; returns the chunk bytes (the plan, if stored, then
+        the ANS message) and statistics.
+
+        With ``stored_plan`` each batch is planned from :meth:`Message.content_bits`, the bits
+        really in the message, rather than from ``bits_per_image``; images that cost far less than
+        the estimate (a white sky) then cannot starve the bits-back pops of later batches."""
         import time
 
         t0 = time.perf_counter()
-        plan = plan_batches(len(images), self.params)
-        msg = self._start_message(plan[0].lanes)
-        start = 0
+        p, n = self.params, len(images)
+        fixed = None if p.stored_plan else plan_batches(n, p)
+        lanes = p.initial_lanes if fixed is None else fixed[0].lanes
+        msg = self._start_message(lanes)
+        plan, start, prev = [], 0, 0
         with torch.inference_mode():
-            for size, lanes, bits_back in plan:
-                if lanes > msg.lane_shape[0]:
-                    msg.grow((lanes,))
-                self._batch_codec(size, bits_back).push(msg, images[start: start + size].to(torch.int64))
-                start += size
+            while start < n:
+                step = fixed[len(plan)] if fixed else next_step(msg.content_bits(), n - start, lanes, prev, p)
+                if step.lanes > msg.lane_shape[0]:
+                    msg.grow((step.lanes,))
+                self._batch_codec(step.images, step.bits_back).push(msg, images[start: start + step.images].to(torch.int64))
+                plan.append(step)
+                start += step.images
+                lanes, prev = step.lanes, step.images
                 if progress:
-                    progress(size)
-        data = msg.to_bytes()
+                    progress(step.images)
+        data = (plan_to_bytes(plan) if fixed is None else b"") + msg.to_bytes()
         stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
                             head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],
                             batches=len(plan), seconds=time.perf_counter() - t0,
-                            extra={"plain_images": sum(st.images for st in plan if not st.bits_back)})
+                            extra={"plain_images": sum(st.images for st in plan if not st.bits_back),
+                                   "plan_bits": 8 * (len(data) - len(msg.to_bytes()))})
         return data, stats
 
     def decode(self, data: bytes, n_images: int, progress=None) -> torch.Tensor:
         """Decode ``n_images`` images; verifies the message returns to its seeded start state."""
-        plan = plan_batches(n_images, self.params)
-        msg = Message.from_bytes(data, seed=self.seed)
+        if self.params.stored_plan:
+            plan, offset = plan_from_bytes(data, n_images)
+            start_lanes = self.params.initial_lanes
+        else:
+            plan, offset = plan_batches(n_images, self.params), 0
+            start_lanes = plan[0].lanes
+        msg = Message.from_bytes(data[offset:], seed=self.seed)
         if msg.lane_shape != (plan[-1].lanes,):
             raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1].lanes}")
         out = torch.empty((n_images,) + tuple(self.image_shape()), dtype=torch.uint8)
@@ -198,12 +249,12 @@ class BatchedImageCodec:
                 size, lanes, bits_back = plan[i]
                 out[end - size: end] = self._batch_codec(size, bits_back).pop(msg).to(torch.uint8)
                 end -= size
-                before = plan[i - 1].lanes if i else plan[0].lanes
+                before = plan[i - 1].lanes if i else start_lanes
                 if before < lanes:
                     msg.shrink((before,))
                 if progress:
                     progress(size)
-        start = self._start_message(plan[0].lanes)
+        start = self._start_message(start_lanes)
         if not torch.equal(msg.heads, start.heads) or not msg.holds_only_seeded_words():
             raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
         return out

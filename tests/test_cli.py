@@ -157,7 +157,7 @@ def test_info_eval_models(tmp_path, models):
     rep = json.loads(run("eval", src, "-m", models["uint8"], "--json").output)
     assert rep["images"] == 16 and rep["code_length_bits_per_dim"] > 0
     assert set(rep["overhead_bits"]) == {"container_header_bits", "ans_framing_and_padding_bits", "initial_bits",
-                                         "head_length_field_bits"}
+                                         "head_length_field_bits", "coding_plan_bits"}
     run("models")
 
 

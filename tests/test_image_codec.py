@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from bbcodec.image_codec import SAFETY, CodingParams, ContextVAECodec, plan_batches
+from bbcodec.image_codec import SAFETY, CodingParams, ContextVAECodec, Step, plan_batches, plan_from_bytes, plan_to_bytes
 from bbcodec.ans import GROW_BITS
 
 from helpers import sample_binary, sample_images, tiny_model
@@ -131,3 +131,38 @@ def test_files_from_before_plain_start_still_decode(tmp_path):
     new = api.compress_images(x, model=model)
     assert Container.from_bytes(new).coding["plain_start"] is True
     assert torch.equal(api.decompress_images(new, model=model), x)
+
+
+@given(steps=st.lists(st.tuples(st.integers(1, 300), st.integers(0, 5000), st.booleans()), min_size=1, max_size=40))
+def test_plan_bytes_round_trip(steps):
+    lanes, plan = 1, []
+    for images, grow, bits_back in steps:
+        lanes += grow
+        plan.append(Step(images, lanes, bits_back))
+    n = sum(s.images for s in plan)
+    data = plan_to_bytes(plan)
+    assert plan_from_bytes(data + b"tail", n) == (plan, len(data))
+    with pytest.raises(ValueError):
+        plan_from_bytes(data, n + 1)
+    with pytest.raises(ValueError):
+        plan_from_bytes(data[:-1], n)
+
+
+def test_stored_plan_survives_images_far_cheaper_than_the_estimate():
+    """Blank images cost almost nothing, so a plan from ``bits_per_image`` starves later bits-back
+    pops (seeded bits are drawn); a stored plan paced by the message's real content does not."""
+    model = tiny_model("uint8")
+    x = torch.cat([torch.zeros(40, 28, 28, dtype=torch.uint8), sample_images(24)])
+    base = dict(batch=8, lanes_per_image=49, initial_lanes=16, bits_per_image=3000, pop_bits_per_image=300,
+                plain_start=True)
+    sizes = {}
+    for stored in (False, True):
+        codec = ContextVAECodec(model, CodingParams(**base, stored_plan=stored))
+        data, stats = codec.encode(x)
+        assert torch.equal(codec.decode(data, len(x)), x)
+        sizes[stored] = (len(data), stats.initial_bits)
+    assert sizes[True][1] == 0 < sizes[False][1]
+    codec = ContextVAECodec(model, CodingParams(**base, stored_plan=True))
+    data, _ = codec.encode(x)
+    with pytest.raises(ValueError):
+        codec.decode(data, len(x) - 1)  # the stored plan must account for every image
