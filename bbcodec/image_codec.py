@@ -209,27 +209,27 @@ class BatchedImageCodec:
         t0 = time.perf_counter()
         p, n = self.params, len(images)
         fixed = None if p.stored_plan else plan_batches(n, p)
-        lanes = p.initial_lanes if fixed is None else fixed[0].lanes
-        msg = self._start_message(lanes)
+        msg = self._start_message(p.initial_lanes if fixed is None else fixed[0].lanes)
         plan, start, prev = [], 0, 0
         with torch.inference_mode():
             while start < n:
+                lanes = msg.lane_shape[0]
                 step = fixed[len(plan)] if fixed else next_step(msg.content_bits(), n - start, lanes, prev, p)
-                if step.lanes > msg.lane_shape[0]:
+                if step.lanes > lanes:
                     msg.grow((step.lanes,))
                 self._batch_codec(step.images, step.bits_back).push(msg, images[start: start + step.images].to(torch.int64))
                 plan.append(step)
                 start += step.images
-                lanes, prev = step.lanes, step.images
+                prev = step.images
                 if progress:
                     progress(step.images)
-        data = (plan_to_bytes(plan) if fixed is None else b"") + msg.to_bytes()
+        stored = plan_to_bytes(plan) if fixed is None else b""
         stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
                             head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],
                             batches=len(plan), seconds=time.perf_counter() - t0,
                             extra={"plain_images": sum(st.images for st in plan if not st.bits_back),
-                                   "plan_bits": 8 * (len(data) - len(msg.to_bytes()))})
-        return data, stats
+                                   "plan_bits": 8 * len(stored)})
+        return stored + msg.to_bytes(), stats
 
     def decode(self, data: bytes, n_images: int, progress=None) -> torch.Tensor:
         """Decode ``n_images`` images; verifies the message returns to its seeded start state."""
