@@ -21,7 +21,8 @@ import torch
 from .container import Container
 from .errors import BBCodecError
 from .formats import ImageFile, check_restorable, read_image_file, restored_sha, write_image_file
-from .image_codec import CodingParams, ContextVAECodec, HierarchicalVAECodec
+from . import tiling
+from .image_codec import CodingParams, ContextVAECodec, HierarchicalVAECodec, Segment, decode_segments, encode_segments
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
@@ -73,12 +74,14 @@ def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
 
 
 class Layout:
-    """How a model codes an image tensor: its coding units (whole images, or tiles of a
-    fully convolutional model) and the codec for them.
+    """How a model codes an image tensor: its coding units and their codecs.
 
-    Tiling pads the height and width up to multiples of the tile size by repeating the last row
-    and column (those padded pixels are coded too) and crops them off after decoding. Greyscale
-    images given to a colour model are coded in its grey mode (one channel, the others implied).
+    A ``context_vae`` model codes whole images. A fully convolutional model codes tiles
+    (:mod:`.tiling`): each image's pyramid levels (one level unless ``pyramid`` is set) are cut
+    into tiles of the size :func:`.tiling.tile_size` picks, and a chunk codes the tiles of every
+    level as segments on one message, full size first, so that the decoder has each smaller level
+    before the level its pixels are given to. Greyscale images given to a colour model are coded
+    in its grey mode (one channel, the others implied).
     """
 
     def __init__(self, loaded, shape, coding: dict | None = None):
@@ -87,54 +90,141 @@ class Layout:
         defaults = dict(loaded.meta.get("coding", {}))
         self.params = CodingParams(**{**defaults, **(coding or {})})
         self.grey = self.arch == "hierarchical_vae" and len(self.shape) == 3
-        self.tile = loaded.config.get("patch", 0)
+        if self.arch == "hierarchical_vae":
+            patch = loaded.config.get("patch")
+            h, w = self.shape[-2:]
+            self.levels = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid)
+        else:
+            self.levels = []
 
-    def codec(self, seed: int = 0):
+    def _codec(self, tile=None, seed: int = 0):
         if self.arch == "context_vae":
             return ContextVAECodec(self.loaded.model, self.params, seed=seed)
-        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey)
+        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey, tile=tile)
 
-    def _grid(self):
-        h, w = self.shape[-2:]
-        t = self.tile
-        return -(-h // t), -(-w // t)
+    def codecs(self, seed: int = 0) -> list:
+        """One codec per segment of a chunk (per pyramid level; one for whole images)."""
+        if not self.levels:
+            return [self._codec(seed=seed)]
+        return [self._codec(lvl.tile, seed) for lvl in self.levels]
 
-    def to_units(self, images: torch.Tensor) -> torch.Tensor:
-        if self.arch == "context_vae":
-            return images
-        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
-        n, c, h, w = x.shape
-        th, tw = self._grid()
-        t = self.tile
-        rows = torch.clamp(torch.arange(th * t), max=h - 1)
-        cols = torch.clamp(torch.arange(tw * t), max=w - 1)
-        x = x[:, :, rows][:, :, :, cols]
-        return x.reshape(n, c, th, t, tw, t).permute(0, 2, 4, 1, 3, 5).reshape(n * th * tw, c, t, t).contiguous()
-
-    def from_units(self, units: torch.Tensor) -> torch.Tensor:
-        if self.arch == "context_vae":
-            return units.reshape(self.shape)
-        n = self.shape[0]
-        h, w = self.shape[-2:]
-        th, tw = self._grid()
-        t = self.tile
-        c = units.shape[1]
-        x = units.reshape(n, th, tw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * t, tw * t)
-        x = x[:, :, :h, :w]
-        return (x[:, 0] if self.grey else x).contiguous()
+    def units_per_image(self) -> int:
+        return sum(lvl.tiles_per_image for lvl in self.levels) if self.levels else 1
 
     def unit_count(self) -> int:
-        if self.arch == "context_vae":
-            return self.shape[0]
-        th, tw = self._grid()
-        return self.shape[0] * th * tw
+        return self.shape[0] * self.units_per_image()
+
+    def _colour(self, images):
+        return images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+
+    def segments(self, images: torch.Tensor) -> list[Segment]:
+        """The segments coding ``images`` (all of the shape this layout is for but the count)."""
+        if not self.levels:
+            return [Segment(self.codecs()[0], images)]
+        out = []
+        for codec, lvl, x in zip(self.codecs(), self.levels, tiling.level_images(self._colour(images), self.levels)):
+            tiles = tiling.to_tiles(x, lvl.tile)
+            out.append(Segment(codec, tiles, tiles if lvl.split else None))
+        return out
+
+    def chunk_ranges(self, n_images: int, chunk: int) -> list[tuple[int, int]]:
+        """Chunks as (first image, end) ranges; for tiled models, units ``[start, end)`` instead
+        when there is one level and no pyramid (a chunk may then end inside an image)."""
+        if self.levels and len(self.levels) > 1:
+            step = max(1, chunk // self.units_per_image())
+            return [(i, min(n_images, i + step)) for i in range(0, n_images, step)]
+        total = self.unit_count()
+        return [(i, min(total, i + chunk)) for i in range(0, total, chunk)]
+
+    def encode(self, images: torch.Tensor, chunk: int, progress=None):
+        """``(chunk bytes, units per chunk, stats per chunk)``."""
+        tick = _ticker(progress, self.unit_count())
+        chunks, counts, stats = [], [], []
+        if len(self.levels) > 1:
+            pieces = [self.segments(images[a:b]) for a, b in self.chunk_ranges(len(images), chunk)]
+        else:
+            units = self.segments(images)[0]
+            pieces = [[units._replace(images=units.images[a:b])] for a, b in self.chunk_ranges(len(images), chunk)]
+        for index, segments in enumerate(pieces):
+            data, st = encode_segments(segments, seed=index, progress=tick)
+            chunks.append(data)
+            counts.append(sum(len(s.images) for s in segments))
+            stats.append(st)
+        return chunks, counts, stats
+
+    def decode(self, chunks, counts, progress=None) -> torch.Tensor:
+        """Inverse of :meth:`encode`."""
+        tick = _ticker(progress, self.unit_count())
+        per_image = self.units_per_image()
+        parts = []
+        for index, (data, count) in enumerate(zip(chunks, counts)):
+            codecs = self.codecs(seed=index)
+            if len(self.levels) > 1:
+                if count % per_image:
+                    raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
+                n = count // per_image
+                sizes = [n * lvl.tiles_per_image for lvl in self.levels]
+            else:
+                sizes = [count]
+            try:
+                decoded = decode_segments(data, codecs, sizes, self._given_for(sizes), seed=index, progress=tick)
+            except BBCodecError:
+                raise
+            except (ValueError, RuntimeError, IndexError) as exc:
+                raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
+            parts.append(self._from_levels(decoded, sizes))
+        if not self.levels:
+            return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
+        if len(self.levels) == 1:
+            lvl = self.levels[0]
+            units = torch.cat(parts) if parts else torch.empty((0, 3, lvl.tile, lvl.tile), dtype=torch.uint8)
+            return self._restore(tiling.from_tiles(units, self.shape[0], lvl.h, lvl.w))
+        return self._restore(torch.cat(parts))
+
+    def _given_for(self, sizes):
+        if len(self.levels) < 2:
+            return None
+
+        def given_for(k, decoded):
+            if not self.levels[k].split:
+                return None
+            nxt = self.levels[k + 1]
+            n = sizes[k + 1] // nxt.tiles_per_image
+            return tiling.given_tiles(tiling.from_tiles(decoded[k + 1], n, nxt.h, nxt.w), self.levels[k])
+
+        return given_for
+
+    def _from_levels(self, decoded, sizes):
+        if len(self.levels) < 2:
+            return decoded[0]
+        lvl = self.levels[0]
+        return tiling.from_tiles(decoded[0], sizes[0] // lvl.tiles_per_image, lvl.h, lvl.w)
+
+    def _restore(self, x):
+        return (x[:, 0] if self.grey else x).contiguous()
+
+    def negative_elbo(self, images: torch.Tensor, seed: int = 0) -> dict:
+        """The model's negative ELBO in bits over all coded units (see the codecs'
+        ``negative_elbo``); pyramid levels count only the pixels they code."""
+        total = {"kl_bits": 0.0, "nll_bits": 0.0, "bits": 0.0}
+        for segment in self.segments(images):
+            kwargs = {"given": True} if segment.given is not None else {}
+            part = segment.codec.negative_elbo(segment.images, seed=seed, **kwargs)
+            total = {k: total[k] + part[k] for k in total}
+        return total
+
+    def stored_params(self) -> dict:
+        params = self.params.to_dict()
+        if self.arch == "hierarchical_vae":
+            params["tile"] = self.params.tile or self.loaded.config.get("patch")
+        return params
 
 
 def make_codec(loaded, coding: dict | None = None, seed: int = 0, shape=None):
     """The batched codec for ``loaded`` (for images of ``shape``, needed for colour models)."""
     if shape is None:
         shape = (1, loaded.config.get("height", 28), loaded.config.get("width", 28))
-    return Layout(loaded, shape, coding).codec(seed)
+    return Layout(loaded, shape, coding).codecs(seed)[0]
 
 
 # ------------------------------------------------------------------------------ tensors
@@ -143,47 +233,25 @@ def _ticker(progress, total):
 
 
 def _encode_chunks(loaded, images, coding, chunk, progress):
-    """Code ``images`` in independent chunks of ``chunk`` coding units; returns
+    """Code ``images`` in independent chunks of about ``chunk`` coding units; returns
     (coding params, chunk bytes, units per chunk, stats per chunk)."""
     layout = Layout(loaded, images.shape, coding)
-    units = layout.to_units(images)
-    codec = layout.codec()
-    tick = _ticker(progress, len(units))
-    chunks, counts, stats = [], [], []
-    for index, start in enumerate(range(0, len(units), chunk)):
-        codec.seed = index
-        data, st = codec.encode(units[start: start + chunk], progress=tick)
-        chunks.append(data)
-        counts.append(min(chunk, len(units) - start))
-        stats.append(st)
-    params = codec.params.to_dict()
-    if layout.arch == "hierarchical_vae":
-        params["tile"] = layout.tile
-    return params, chunks, counts, stats
+    chunks, counts, stats = layout.encode(images, chunk, progress)
+    return layout.stored_params(), chunks, counts, stats
 
 
 def _decode_chunks(loaded, container: Container, progress):
-    coding = {k: v for k, v in container.coding.items() if k != "tile"}
+    coding = dict(container.coding)
     for key in ("plain_start", "stored_plan"):
         coding.setdefault(key, False)  # files written before the option existed
-    layout = Layout(loaded, container.shape, coding)
-    if "tile" in container.coding and container.coding["tile"] != layout.tile:
-        raise BBCodecError(f"file uses {container.coding['tile']}-pixel tiles; model {loaded.name} codes {layout.tile}")
+    coding.setdefault("pyramid", 0)
+    try:
+        layout = Layout(loaded, container.shape, coding)
+    except (TypeError, ValueError) as exc:
+        raise BBCodecError(f"corrupt .bbc header: bad coding parameters ({exc})") from exc
     if sum(container.chunk_images) != layout.unit_count():
         raise BBCodecError("corrupt .bbc header: chunk sizes do not match the image shape")
-    codec = layout.codec()
-    tick = _ticker(progress, layout.unit_count())
-    parts = []
-    for index, (data, count) in enumerate(zip(container.chunks, container.chunk_images)):
-        codec.seed = index
-        try:
-            parts.append(codec.decode(data, count, progress=tick))
-        except BBCodecError:
-            raise
-        except (ValueError, RuntimeError, IndexError) as exc:
-            raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-    units = torch.cat(parts) if parts else torch.empty((0,) + tuple(container.shape[1:]), dtype=torch.uint8)
-    return layout.from_units(units)
+    return layout.decode(container.chunks, container.chunk_images, progress)
 
 
 def _container_for(loaded, f: ImageFile, coding, chunk, progress):
@@ -344,7 +412,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     loaded = choose_model(images, f.pixels, model)
     layout = Layout(loaded, images.shape, coding)
     dims = images.numel()
-    elbo = layout.codec().negative_elbo(layout.to_units(images), seed=elbo_seed)
+    elbo = layout.negative_elbo(images, seed=elbo_seed)
     t0 = time.perf_counter()
     params, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
     t_enc = time.perf_counter() - t0

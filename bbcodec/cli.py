@@ -75,18 +75,17 @@ def _progress(quiet, desc):
 def _coding_options(f):
     f = click.option("--batch", type=click.IntRange(1), help="images per bits-back step (speed vs start-up cost)")(f)
     f = click.option("--lanes-per-image", type=click.IntRange(1), help="coder lanes per image in a batch (speed vs rate)")(f)
+    f = click.option("--tile", type=click.IntRange(0), help="tiled models: largest tile size (0: the model's patch)")(f)
+    f = click.option("--pyramid", type=click.IntRange(0),
+                     help="tiled models: code images at least this big (shorter side) given a 4x-subsampled copy (0: never)")(f)
     f = click.option("--chunk", default=10_000, show_default=True, type=click.IntRange(1),
                      help="images per independently decodable chunk (bounds memory)")(f)
     return f
 
 
-def _coding(batch, lanes_per_image):
-    out = {}
-    if batch:
-        out["batch"] = batch
-    if lanes_per_image:
-        out["lanes_per_image"] = lanes_per_image
-    return out or None
+def _coding(**options):
+    """The coding options given on the command line (the model's defaults fill in the rest)."""
+    return {k: v for k, v in options.items() if v is not None} or None
 
 
 @main.command()
@@ -96,7 +95,7 @@ def _coding(batch, lanes_per_image):
 @click.option("-m", "--model", help="embedded model name or model path (default: chosen from the data)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
 @_coding_options
-def compress(files, output, force, model, quiet, chunk, batch, lanes_per_image):
+def compress(files, output, force, model, quiet, chunk, **coding):
     """Compress image datasets or images: IDX (gzipped or not), .npy, PNG, CIFAR-10 .bin[.gz].
 
     Inputs are never modified or deleted.
@@ -107,7 +106,7 @@ def compress(files, output, force, model, quiet, chunk, batch, lanes_per_image):
         raise click.UsageError("-o/--output needs exactly one input file")
     for path in files:
         with _progress(quiet, f"compress {path}") as tick:
-            r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(batch, lanes_per_image), progress=tick)
+            r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding), progress=tick)
         if not quiet:
             click.echo(f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
                        f"{r['output_bytes']:,} bytes, {r['bits_per_dim']:.4f} bits/dim ({r['model']}, {r['seconds']:.1f} s)")
@@ -139,11 +138,11 @@ def decompress(files, output, force, model, quiet):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @_coding_options
-def evaluate(data, model, limit, as_json, quiet, chunk, batch, lanes_per_image):
+def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
     """Negative ELBO vs achieved code length (bits/dim) on DATA, verified by a full round trip."""
     from . import api
 
-    r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(batch, lanes_per_image))
+    r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(**coding))
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -19,7 +19,7 @@ nothing but their 5-bit length field at the end.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -53,6 +53,8 @@ class CodingParams:
     pack: int = 14  # binary pixels per rANS symbol
     plain_start: bool = False  # code the first images with fixed latents instead of seeded bits
     stored_plan: bool = False  # plan each batch from the bits really in the message; store the plan
+    tile: int = 0  # tiled models: the largest tile size to use (0: the model's training patch)
+    pyramid: int = 0  # tiled models: split images at least this big on the shorter side (0: never)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -87,18 +89,24 @@ def next_step(budget: float, remaining: int, lanes: int, prev: int, p: CodingPar
     return Step(b, lanes + new)
 
 
-def plan_batches(n_images: int, p: CodingParams) -> list[Step]:
-    """The batches planned from estimates alone, a deterministic function of ``n_images`` and ``p``:
-    the budget starts at the random start heads' 31 bits each (none with ``plain_start``: the heads
+def plan_batches(segments, p: CodingParams) -> list[Step]:
+    """The batches planned from estimates alone, a deterministic function of the segments and the
+    parameters. ``segments`` is an image count, or a list of ``(count, params)`` for images coded one
+    segment after another (each with its own per-image estimates; no batch spans two segments).
+    The budget starts at the random start heads' 31 bits each (none with ``plain_start``: the heads
     start empty) and grows by ``bits_per_image`` per coded image, less 31 per added lane."""
-    plan, done, lanes, prev = [], 0, p.initial_lanes, 0
+    if isinstance(segments, int):
+        segments = [(segments, p)]
+    plan, lanes, prev = [], p.initial_lanes, 0
     budget = 0.0 if p.plain_start else float(GROW_BITS * p.initial_lanes)
-    while done < n_images:
-        step = next_step(budget, n_images - done, lanes, prev, p)
-        budget += p.bits_per_image * step.images - GROW_BITS * (step.lanes - lanes)
-        plan.append(step)
-        done += step.images
-        lanes, prev = step.lanes, step.images
+    for count, sp in segments:
+        done = 0
+        while done < count:
+            step = next_step(budget, count - done, lanes, prev, sp)
+            budget += sp.bits_per_image * step.images - GROW_BITS * (step.lanes - lanes)
+            plan.append(step)
+            done += step.images
+            lanes, prev = step.lanes, step.images
     return plan
 
 
@@ -133,6 +141,114 @@ def plan_from_bytes(data: bytes, n_images: int) -> tuple[list[Step], int]:
     if sum(s.images for s in plan) != n_images or any(b.lanes < a.lanes for a, b in zip(plan, plan[1:])):
         raise ValueError("corrupt coding plan")
     return plan, pos
+
+
+def split_plan(plan: list[Step], counts: list[int]) -> list[int]:
+    """The segment of each step of ``plan`` for segments of ``counts`` images; ``ValueError`` if a
+    batch spans two segments or the counts do not add up."""
+    owner, seg, left = [], 0, list(counts)
+    for step in plan:
+        while seg < len(left) and left[seg] == 0:
+            seg += 1
+        if seg == len(left) or step.images > left[seg]:
+            raise ValueError("corrupt coding plan: a batch spans two segments")
+        owner.append(seg)
+        left[seg] -= step.images
+    if any(left):
+        raise ValueError("corrupt coding plan: segment sizes do not add up")
+    return owner
+
+
+class Segment(NamedTuple):
+    """Images coded one after another on a shared message by one codec. ``given`` (same shape as
+    ``images``, or None) holds pixels already known to the decoder (see
+    :meth:`BatchedImageCodec._batch_codec`); only those entries of it are read."""
+
+    codec: "BatchedImageCodec"
+    images: torch.Tensor
+    given: torch.Tensor | None = None
+
+
+def encode_segments(segments: list[Segment], seed: int = 0, progress=None) -> tuple[bytes, "CodingStats"]:
+    """Encode the segments in order onto one message; returns the chunk bytes (the plan, if stored,
+    then the ANS message) and statistics. Start-up settings (``initial_lanes``, ``plain_start``,
+    ``stored_plan``) come from the first segment's codec.
+
+    With ``stored_plan`` each batch is planned from :meth:`Message.content_bits`, the bits really
+    in the message, rather than from ``bits_per_image``; images that cost far less than the
+    estimate (a white sky) then cannot starve the bits-back pops of later batches."""
+    import time
+
+    t0 = time.perf_counter()
+    p = segments[0].codec.params
+    fixed = None if p.stored_plan else plan_batches([(len(s.images), s.codec.params) for s in segments], p)
+    msg = Message((p.initial_lanes if fixed is None else fixed[0].lanes,), seed=seed, random_heads=not p.plain_start)
+    plan, prev = [], 0
+    with torch.inference_mode():
+        for codec, images, given in segments:
+            start, n = 0, len(images)
+            while start < n:
+                lanes = msg.lane_shape[0]
+                step = fixed[len(plan)] if fixed else next_step(msg.content_bits(), n - start, lanes, prev, codec.params)
+                if step.lanes > lanes:
+                    msg.grow((step.lanes,))
+                part = slice(start, start + step.images)
+                batch = codec._batch_codec(step.images, step.bits_back, None if given is None else given[part].to(torch.int64))
+                batch.push(msg, images[part].to(torch.int64))
+                plan.append(step)
+                start += step.images
+                prev = step.images
+                if progress:
+                    progress(step.images)
+    stored = plan_to_bytes(plan) if fixed is None else b""
+    stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
+                        head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],
+                        batches=len(plan), seconds=time.perf_counter() - t0,
+                        extra={"plain_images": sum(st.images for st in plan if not st.bits_back),
+                               "plan_bits": 8 * len(stored)})
+    return stored + msg.to_bytes(), stats
+
+
+def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None, seed: int = 0,
+                    progress=None) -> list[torch.Tensor]:
+    """Inverse of :func:`encode_segments`: the images of each segment. Segments come off the message
+    last first; ``given_for(k, decoded)``, with ``decoded`` the dict of segments already decoded
+    (all after ``k``), returns segment ``k``'s ``given`` tensor (or None). Verifies that the message
+    returns to its seeded start state."""
+    p = codecs[0].params
+    if p.stored_plan:
+        plan, offset = plan_from_bytes(data, sum(counts))
+        start_lanes = p.initial_lanes
+    else:
+        plan, offset = plan_batches(list(zip(counts, (c.params for c in codecs))), p), 0
+        start_lanes = plan[0].lanes
+    owner = split_plan(plan, counts)
+    msg = Message.from_bytes(data[offset:], seed=seed)
+    if msg.lane_shape != (plan[-1].lanes,):
+        raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1].lanes}")
+    decoded, end, given = {}, 0, None
+    with torch.inference_mode():
+        for i in range(len(plan) - 1, -1, -1):
+            k = owner[i]
+            codec = codecs[k]
+            if k not in decoded:
+                decoded[k] = torch.empty((counts[k],) + tuple(codec.image_shape()), dtype=torch.uint8)
+                end = counts[k]
+                given = given_for(k, decoded) if given_for else None
+            size, lanes, bits_back = plan[i]
+            part = slice(end - size, end)
+            batch = codec._batch_codec(size, bits_back, None if given is None else given[part].to(torch.int64))
+            decoded[k][part] = batch.pop(msg).to(torch.uint8)
+            end -= size
+            before = plan[i - 1].lanes if i else start_lanes
+            if before < lanes:
+                msg.shrink((before,))
+            if progress:
+                progress(size)
+    start = Message((start_lanes,), seed=seed, random_heads=not p.plain_start)
+    if not torch.equal(msg.heads, start.heads) or not msg.holds_only_seeded_words():
+        raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
+    return [decoded[k] for k in range(len(codecs))]
 
 
 @dataclass
@@ -174,7 +290,7 @@ class BatchedImageCodec:
     def _posterior(self, x) -> C.Codec:
         raise NotImplementedError
 
-    def _likelihood(self, z) -> C.Codec:
+    def _likelihood(self, z, given=None) -> C.Codec:
         raise NotImplementedError
 
     def _fixed_latents(self, size: int):
@@ -184,80 +300,26 @@ class BatchedImageCodec:
     def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
         raise NotImplementedError
 
-    def _batch_codec(self, size: int, bits_back: bool = True) -> C.Codec:
+    def _batch_codec(self, size: int, bits_back: bool = True, given=None) -> C.Codec:
         """A codec for a batch of ``size`` images: one bits-back step, or with ``bits_back=False``
-        the likelihood alone given :meth:`_fixed_latents`."""
+        the likelihood alone given :meth:`_fixed_latents`. ``given`` (the batch's images as far as
+        the decoder already knows them, or None) is passed on to :meth:`_likelihood`."""
         if bits_back:
-            inner = C.BBANS(self._prior(size), self._likelihood, lambda parts: self._posterior(self._join(parts)))
+            inner = C.BBANS(self._prior(size), lambda z: self._likelihood(z, given),
+                            lambda parts: self._posterior(self._join(parts)))
         else:
-            inner = self._likelihood(self._fixed_latents(size))
+            inner = self._likelihood(self._fixed_latents(size), given)
         return C.Transform(inner, self._split, self._join)
 
-    def _start_message(self, lanes: int) -> Message:
-        return Message((lanes,), seed=self.seed, random_heads=not self.params.plain_start)
-
     # ------------------------------------------------------------------ whole datasets
-    def encode(self, images: torch.Tensor, progress=None) -> tuple[bytes, CodingStats]:
-        """Encode ``(N, H, W)`` uint8 images; returns the chunk bytes (the plan, if stored, then
-        the ANS message) and statistics.
+    def encode(self, images: torch.Tensor, progress=None, given=None) -> tuple[bytes, CodingStats]:
+        """Encode ``(N, *image_shape)`` uint8 images (one segment, see :func:`encode_segments`)."""
+        return encode_segments([Segment(self, images, given)], seed=self.seed, progress=progress)
 
-        With ``stored_plan`` each batch is planned from :meth:`Message.content_bits`, the bits
-        really in the message, rather than from ``bits_per_image``; images that cost far less than
-        the estimate (a white sky) then cannot starve the bits-back pops of later batches."""
-        import time
-
-        t0 = time.perf_counter()
-        p, n = self.params, len(images)
-        fixed = None if p.stored_plan else plan_batches(n, p)
-        msg = self._start_message(p.initial_lanes if fixed is None else fixed[0].lanes)
-        plan, start, prev = [], 0, 0
-        with torch.inference_mode():
-            while start < n:
-                lanes = msg.lane_shape[0]
-                step = fixed[len(plan)] if fixed else next_step(msg.content_bits(), n - start, lanes, prev, p)
-                if step.lanes > lanes:
-                    msg.grow((step.lanes,))
-                self._batch_codec(step.images, step.bits_back).push(msg, images[start: start + step.images].to(torch.int64))
-                plan.append(step)
-                start += step.images
-                prev = step.images
-                if progress:
-                    progress(step.images)
-        stored = plan_to_bytes(plan) if fixed is None else b""
-        stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
-                            head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],
-                            batches=len(plan), seconds=time.perf_counter() - t0,
-                            extra={"plain_images": sum(st.images for st in plan if not st.bits_back),
-                                   "plan_bits": 8 * len(stored)})
-        return stored + msg.to_bytes(), stats
-
-    def decode(self, data: bytes, n_images: int, progress=None) -> torch.Tensor:
+    def decode(self, data: bytes, n_images: int, progress=None, given=None) -> torch.Tensor:
         """Decode ``n_images`` images; verifies the message returns to its seeded start state."""
-        if self.params.stored_plan:
-            plan, offset = plan_from_bytes(data, n_images)
-            start_lanes = self.params.initial_lanes
-        else:
-            plan, offset = plan_batches(n_images, self.params), 0
-            start_lanes = plan[0].lanes
-        msg = Message.from_bytes(data[offset:], seed=self.seed)
-        if msg.lane_shape != (plan[-1].lanes,):
-            raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1].lanes}")
-        out = torch.empty((n_images,) + tuple(self.image_shape()), dtype=torch.uint8)
-        end = n_images
-        with torch.inference_mode():
-            for i in range(len(plan) - 1, -1, -1):
-                size, lanes, bits_back = plan[i]
-                out[end - size: end] = self._batch_codec(size, bits_back).pop(msg).to(torch.uint8)
-                end -= size
-                before = plan[i - 1].lanes if i else start_lanes
-                if before < lanes:
-                    msg.shrink((before,))
-                if progress:
-                    progress(size)
-        start = self._start_message(start_lanes)
-        if not torch.equal(msg.heads, start.heads) or not msg.holds_only_seeded_words():
-            raise ValueError("corrupt data: the decoder did not return to the encoder's start state")
-        return out
+        return decode_segments(data, [self], [n_images], None if given is None else (lambda k, d: given),
+                               seed=self.seed, progress=progress)[0]
 
 
 class ContextVAECodec(BatchedImageCodec):
@@ -301,7 +363,9 @@ class ContextVAECodec(BatchedImageCodec):
                                lambda s: em.PackedBernoulli.unpack(s, pack).reshape(s.shape[0], -1))
         return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
 
-    def _likelihood(self, z):
+    def _likelihood(self, z, given=None):
+        if given is not None:
+            raise ValueError("this codec cannot use known pixels")
         values = to_grid(em.bin_centres(z, self.bits))
         feats = self.model.features(values, self.num)
         return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.model.groups)
@@ -344,24 +408,39 @@ class _Copy(C.Codec):
 
 
 class HierarchicalVAECodec(BatchedImageCodec):
-    """Codes uint8 colour tiles ``(N, C, P, P)`` with a :class:`HierarchicalVAE`.
+    """Codes uint8 colour tiles ``(N, C, T, T)`` with a :class:`HierarchicalVAE`.
 
     One batch is one bits-back step over the latent pair ``(z2, z1)`` (HiLLoC order): pop ``z2``
     with ``q(z2|x)`` on N(0, 1)'s max-entropy bins, pop ``z1`` with ``q(z1|x)`` on the bins of equal
-    mass under ``p(z1|z2)``, push the twelve sub-pixel steps, push ``z1`` and ``z2`` as uniform bin
+    mass under ``p(z1|z2)``, push the sub-pixel steps, push ``z1`` and ``z2`` as uniform bin
     indices. With ``grey=True`` only the first channel is coded; the others are copies of it.
+
+    ``tile`` (a multiple of 4; default the model's training patch) is the coded unit's size: the
+    networks are fully convolutional, and larger tiles lose less context at their borders. The
+    per-image estimates in ``params`` are per training patch and are scaled to the tile's area.
+    With ``given`` tiles (see :meth:`_batch_codec`), the first pixel level (every fourth pixel of
+    every fourth row, all channels) is taken from them instead of being coded.
     """
 
-    def __init__(self, model, params: CodingParams | None = None, seed: int = 0, grey: bool = False):
+    def __init__(self, model, params: CodingParams | None = None, seed: int = 0, grey: bool = False,
+                 tile: int | None = None):
         super().__init__(model, params, seed)
         self.bits = self.cfg.latent_bits
         self.grey = grey
-        p = self.cfg.patch
-        self.z1_shape = (self.cfg.z1_channels, p // 2, p // 2)
-        self.z2_shape = (self.cfg.z2_channels, p // 4, p // 4)
+        t = self.tile = int(tile or self.cfg.patch)
+        if t < 4 or t % 4:
+            raise ValueError(f"tile size {t} is not a positive multiple of 4")
+        area = (t / self.cfg.patch) ** 2
+        pp = self.params
+        self.params = replace(pp, batch=max(1, int(pp.batch / area)), bits_per_image=pp.bits_per_image * area,
+                              pop_bits_per_image=pp.pop_bits_per_image * area,
+                              lanes_per_image=max(1, round(pp.lanes_per_image * area)))
+        self.z1_shape = (self.cfg.z1_channels, t // 2, t // 2)
+        self.z2_shape = (self.cfg.z2_channels, t // 4, t // 4)
+        self.given_steps = self.cfg.channels  # the first level: one step per channel
 
     def image_shape(self):
-        return (self.cfg.channels, self.cfg.patch, self.cfg.patch)
+        return (self.cfg.channels, self.tile, self.tile)
 
     def _z2_values(self, bins):
         return to_grid(em.bin_centres(bins, self.bits))
@@ -386,40 +465,45 @@ class HierarchicalVAECodec(BatchedImageCodec):
         return C.Sequence([C.Spread(em.Uniform(1 << self.bits, (size,) + self.z2_shape)),
                            C.Spread(em.Uniform(1 << self.bits, (size,) + self.z1_shape))])
 
-    def _step_codec(self, step, feats, previous):
+    def _step_codec(self, step, feats, previous, given_parts):
+        if given_parts is not None and step < self.given_steps:
+            return _Copy(given_parts[step])
         if self.grey and step % self.cfg.channels:
             return _Copy(previous[step - step % self.cfg.channels])
-        p = self.cfg.patch
-        raw = self.model.head(step, feats, self.model.known_from_parts(previous, p, p), p, p, self.num)
+        t = self.tile
+        raw = self.model.head(step, feats, self.model.known_from_parts(previous, t, t), t, t, self.num)
         return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
 
-    def _likelihood(self, z):
+    def _likelihood(self, z, given=None):
         z2_bins, z1_bins = z
         pm, ps = self._prior1(z2_bins)
         z1 = to_grid(em.bin_centres(z1_bins, self.bits, pm, ps))
         feats = self.model.features(z1, self.num)
-        return C.AutoregressiveGroups(lambda s, prev: self._step_codec(s, feats, prev), self.model.steps)
+        given_parts = None if given is None else self._split(given)
+        return C.AutoregressiveGroups(lambda s, prev: self._step_codec(s, feats, prev, given_parts), self.model.steps)
 
     def _split(self, x):
         return self.model.split_steps(x)
 
     def _join(self, parts):
-        return self.model.join_steps(parts, self.cfg.patch, self.cfg.patch)
+        return self.model.join_steps(parts, self.tile, self.tile)
 
     def _fixed_latents(self, size):
         centre = 1 << (self.bits - 1)
         return (torch.full((size,) + self.z2_shape, centre, dtype=torch.int64),
                 torch.full((size,) + self.z1_shape, centre, dtype=torch.int64))
 
-    def negative_elbo(self, images: torch.Tensor, batch: int = 200, seed: int = 0) -> dict:
+    def negative_elbo(self, images: torch.Tensor, batch: int = 200, seed: int = 0, given: bool = False) -> dict:
         """Negative ELBO in bits (exact networks, analytic KLs given one seeded z2 sample, one z1
-        sample), summed over tiles. In grey mode only the first channel's terms count."""
+        sample), summed over tiles. In grey mode only the first channel's terms count; with
+        ``given`` the first level's terms do not count."""
         from .models.hierarchical_vae import gaussian_kl
 
         gen = torch.Generator().manual_seed(seed)
         kl_bits = nll_bits = 0.0
         lik = self.model.likelihood
-        p = self.cfg.patch
+        t = self.tile
+        batch = max(1, int(batch * (self.cfg.patch / t) ** 2))
         with torch.inference_mode():
             for i in range(0, len(images), batch):
                 x = images[i: i + batch].to(torch.int64)
@@ -431,10 +515,10 @@ class HierarchicalVAECodec(BatchedImageCodec):
                 feats = self.model.features(z1, self.num)
                 parts = self.model.split_steps(x)
                 known = self.model.known_from_image(x)
-                for step in range(self.model.steps):
+                for step in range(self.given_steps if given else 0, self.model.steps):
                     if self.grey and step % self.cfg.channels:
                         continue
-                    raw = self.model.head(step, feats, known, p, p, self.num)
+                    raw = self.model.head(step, feats, known, t, t, self.num)
                     nll_bits -= lik.log_prob(parts[step], raw).sum().item() / math.log(2)
                 kl_bits += kl.item() / math.log(2)
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}

@@ -3,11 +3,13 @@ import gzip
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from bbcodec import api
+from bbcodec import api, tiling
 from bbcodec.cli import main
 from bbcodec.image_codec import CodingParams, HierarchicalVAECodec
 
@@ -73,13 +75,74 @@ def test_cifar_batch_file_byte_identical(tmp_path, colour_model):
     assert (tmp_path / "b.bin.gz").read_bytes() == src.read_bytes()
 
 
-def test_tiles_roundtrip_layout(colour_model):
+@given(n=st.integers(1, 3), h=st.integers(1, 40), w=st.integers(1, 40), t=st.sampled_from([4, 8, 16]))
+@settings(max_examples=40, deadline=None)
+def test_tiles_roundtrip(n, h, w, t):
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8)
+    tiles = tiling.to_tiles(tiling.pad(x, t), t)
+    assert tiles.shape == (n * -(-h // t) * -(-w // t), 3, t, t)
+    assert torch.equal(tiling.from_tiles(tiles, n, h, w), x)
+    # padding repeats the last row and column
+    padded = tiling.pad(x, t)
+    assert torch.equal(padded[:, :, h:], padded[:, :, h - 1: h].expand_as(padded[:, :, h:]))
+
+
+def test_tile_size_and_levels():
+    assert tiling.tile_size(512, 768, 32, 128) == 128
+    assert tiling.tile_size(128, 192, 32, 128) == 64  # 128 would pad 192 up to 256
+    assert tiling.tile_size(700, 1000, 32, 128) == 64
+    assert tiling.tile_size(32, 32, 32, 128) == 32
+    assert tiling.tile_size(100, 100, 32, 0) == 32
+    kodak = tiling.levels(512, 768, 32, 128, 256)
+    assert [(lv.h, lv.w, lv.tile, lv.split) for lv in kodak] == [(512, 768, 128, True), (128, 192, 64, False)]
+    assert tiling.levels(32, 32, 32, 128, 256) == [tiling.Level(32, 32, 32, False)]
+    assert len(tiling.levels(4000, 3000, 32, 128, 256)) == 3
+
+
+def test_given_tiles_hold_the_subsampled_grid():
+    x = torch.randint(0, 256, (2, 3, 37, 21), dtype=torch.uint8)
+    lv = tiling.levels(37, 21, 8, 16, 16)
+    assert len(lv) == 2 and lv[0].split
+    full, sub = tiling.level_images(x, lv)
+    given = tiling.given_tiles(sub[:, :, :lv[1].h, :lv[1].w], lv[0])
+    tiles = tiling.to_tiles(full, lv[0].tile)
+    assert torch.equal(given[:, :, ::4, ::4], tiles[:, :, ::4, ::4])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 21), (1, 41, 16), (1, 3, 9, 30)])
+def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
     from bbcodec.zoo import load_model
 
     loaded = load_model(colour_model)
-    for shape in [(2, 3, 17, 9), (1, 20, 5)]:
-        x = torch.randint(0, 256, shape, dtype=torch.uint8)
-        layout = api.Layout(loaded, shape)
-        units = layout.to_units(x)
-        assert units.shape[1:] == (3, 8, 8)
-        assert torch.equal(layout.from_units(units), x)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(sum(shape)))
+    coding = {"pyramid": 16, "tile": 16, "batch": 4, "lanes_per_image": 4, "initial_lanes": 4, "bits_per_image": 600,
+              "pop_bits_per_image": 300}
+    layout = api.Layout(loaded, shape, coding)
+    assert len(layout.levels) == (1 if min(shape[-2:]) < 16 else 2)
+    data = api.compress_images(x, colour_model, coding=coding)
+    box = api.Container.from_bytes(data)
+    assert box.coding["pyramid"] == 16 and box.coding["tile"] == 16
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    # several chunks of whole images
+    data = api.compress_images(x, colour_model, coding=coding, chunk=1)
+    expect = shape[0] if len(layout.levels) > 1 else layout.unit_count()  # whole images / any units
+    assert len(api.Container.from_bytes(data).chunks) == expect
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    # the negative ELBO counts each coded pixel once
+    elbo = layout.negative_elbo(x)
+    assert elbo["bits"] > 0
+
+
+def test_files_from_before_the_pyramid_still_decode(colour_model):
+    """A file whose coding list lacks ``pyramid`` (written before it existed) decodes as unsplit."""
+    x = torch.randint(0, 256, (1, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    data = api.compress_images(x, colour_model)
+    box = api.Container.from_bytes(data)
+    assert box.coding["pyramid"] == 0
+    del box.coding["pyramid"]
+    assert torch.equal(api.decompress_images(box.to_bytes(), colour_model), x)
+    # a split file whose header lost the flag cannot decode as if unsplit: a clear error
+    split = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"pyramid": 16}))
+    del split.coding["pyramid"]
+    with pytest.raises(api.BBCodecError):
+        api.decompress_images(split.to_bytes(), colour_model)

@@ -1,0 +1,110 @@
+"""How images become coding units: tiles, the tile size, and the pyramid of subsampled images.
+
+Nothing here knows about models or entropy coding: these are exact, invertible rearrangements of
+uint8 tensors ``(N, C, H, W)``.
+
+* **Tiles.** An image is padded up to a multiple of the tile size ``t`` by repeating its last row
+  and column (the padded pixels are coded too, and cropped off after decoding), then cut into
+  ``t x t`` tiles in row-major order.
+* **Pyramid.** An image at least ``pyramid`` pixels on its shorter side is coded as two parts:
+  its padded version's every fourth pixel of every fourth row, an image a quarter the size (a
+  *level*, coded first by the decoder, and split again by the same rule), and the rest of its
+  pixels given those. Models whose first pixel level is exactly that subsampled grid (as
+  :class:`~bbcodec.models.hierarchical_vae.HierarchicalVAE`'s is) then predict it from a smaller
+  image with context across tile borders, instead of from tile-local latents alone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+SUBSAMPLE = 4  # the pyramid keeps every fourth pixel of every fourth row
+
+
+def padded_size(size: int, t: int) -> int:
+    return -(-size // t) * t
+
+
+def tile_size(h: int, w: int, patch: int, largest: int) -> int:
+    """The tile for an ``h x w`` image: of ``patch * 2**k`` up to ``largest`` (at least ``patch``),
+    the largest one among those that pad the image least."""
+    candidates = [patch]
+    while candidates[-1] * 2 <= largest:
+        candidates.append(candidates[-1] * 2)
+    return min(reversed(candidates), key=lambda t: padded_size(h, t) * padded_size(w, t))
+
+
+def pad(x: torch.Tensor, t: int) -> torch.Tensor:
+    """``(N, C, H, W)`` padded to multiples of ``t`` by repeating the last row and column."""
+    h, w = x.shape[-2:]
+    rows = torch.clamp(torch.arange(padded_size(h, t)), max=h - 1)
+    cols = torch.clamp(torch.arange(padded_size(w, t)), max=w - 1)
+    return x[:, :, rows][:, :, :, cols]
+
+
+def to_tiles(x: torch.Tensor, t: int) -> torch.Tensor:
+    """``(N, C, H, W)`` with ``H`` and ``W`` multiples of ``t`` to ``(N * H/t * W/t, C, t, t)``."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // t, t, w // t, t).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, t, t).contiguous()
+
+
+def from_tiles(tiles: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of ``to_tiles(pad(x, t), t)`` for ``n`` images of ``h x w``: ``(N, C, h, w)``."""
+    c, t = tiles.shape[1], tiles.shape[-1]
+    th, tw = padded_size(h, t) // t, padded_size(w, t) // t
+    x = tiles.reshape(n, th, tw, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * t, tw * t)
+    return x[:, :, :h, :w].contiguous()
+
+
+class Level(NamedTuple):
+    """One level of the pyramid: the image size at this level, its tile, and whether its first
+    pixel level is given by the next level (``split``)."""
+
+    h: int
+    w: int
+    tile: int
+    split: bool
+
+    @property
+    def tiles_per_image(self) -> int:
+        return (padded_size(self.h, self.tile) // self.tile) * (padded_size(self.w, self.tile) // self.tile)
+
+    @property
+    def next_size(self) -> tuple[int, int]:
+        return padded_size(self.h, self.tile) // SUBSAMPLE, padded_size(self.w, self.tile) // SUBSAMPLE
+
+
+def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0) -> list[Level]:
+    """The pyramid of an ``h x w`` image, full size first. ``pyramid`` is the shorter side from
+    which an image is split (0: never); tiles are chosen by :func:`tile_size`."""
+    if patch % SUBSAMPLE:
+        raise ValueError(f"patch size {patch} is not a multiple of {SUBSAMPLE}")
+    out = []
+    while True:
+        t = tile_size(h, w, patch, largest_tile)
+        split = bool(pyramid) and min(h, w) >= max(pyramid, 2 * SUBSAMPLE)
+        out.append(Level(h, w, t, split))
+        if not split:
+            return out
+        h, w = out[-1].next_size
+
+
+def level_images(x: torch.Tensor, pyramid_levels: list[Level]) -> list[torch.Tensor]:
+    """The padded image of every level, ``(N, C, H_k, W_k)``, full size first."""
+    out = []
+    for lvl in pyramid_levels:
+        padded = pad(x, lvl.tile)
+        out.append(padded)
+        x = padded[:, :, ::SUBSAMPLE, ::SUBSAMPLE]
+    return out
+
+
+def given_tiles(next_level: torch.Tensor, lvl: Level) -> torch.Tensor:
+    """The tiles of level ``lvl`` as far as the next level ``(N, C, h, w)`` (unpadded, the size of
+    ``lvl.next_size``) determines them: its pixels on the subsampled grid, zero elsewhere."""
+    n, c = next_level.shape[:2]
+    full = torch.zeros((n, c, padded_size(lvl.h, lvl.tile), padded_size(lvl.w, lvl.tile)), dtype=next_level.dtype)
+    full[:, :, ::SUBSAMPLE, ::SUBSAMPLE] = next_level
+    return to_tiles(full, lvl.tile)
