@@ -1,5 +1,6 @@
 """Colour images with the hierarchical VAE: tiles, padding and cropping, grey and alpha rules."""
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -146,3 +147,14 @@ def test_files_from_before_the_pyramid_still_decode(colour_model):
     del split.coding["pyramid"]
     with pytest.raises(api.BBCodecError):
         api.decompress_images(split.to_bytes(), colour_model)
+
+
+def test_cli_pyramid_and_tile_options(tmp_path, colour_model):
+    arr = np.random.default_rng(8).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    src = tmp_path / "p.png"
+    Image.fromarray(arr, "RGB").save(src)
+    run("compress", src, "-m", colour_model, "-q", "--pyramid", "16", "--tile", "16")
+    info = json.loads(run("info", str(src) + ".bbc", "--json").output)
+    assert info["coding"]["pyramid"] == 16 and info["coding"]["tile"] == 16
+    run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)
