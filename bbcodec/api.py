@@ -78,10 +78,10 @@ class Layout:
 
     A ``context_vae`` model codes whole images. A fully convolutional model codes tiles
     (:mod:`.tiling`): each image's pyramid levels (one level unless ``pyramid`` is set) are cut
-    into tiles of the size :func:`.tiling.tile_size` picks, and a chunk codes the tiles of every
-    level as segments on one message, full size first, so that the decoder has each smaller level
-    before the level its pixels are given to. Greyscale images given to a colour model are coded
-    in its grey mode (one channel, the others implied).
+    into pieces of tiles, and a chunk codes every piece of every level as a segment on one message,
+    full size first, so that the decoder has each smaller level before the level whose pixels it
+    gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
+    others implied).
     """
 
     def __init__(self, loaded, shape, coding: dict | None = None):
@@ -90,12 +90,12 @@ class Layout:
         defaults = dict(loaded.meta.get("coding", {}))
         self.params = CodingParams(**{**defaults, **(coding or {})})
         self.grey = self.arch == "hierarchical_vae" and len(self.shape) == 3
+        self.levels = []
         if self.arch == "hierarchical_vae":
-            patch = loaded.config.get("patch")
             h, w = self.shape[-2:]
-            self.levels = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid)
-        else:
-            self.levels = []
+            self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
+        # the flat list of segments: (level index, piece index)
+        self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
 
     def _codec(self, tile=None, seed: int = 0):
         if self.arch == "context_vae":
@@ -103,10 +103,15 @@ class Layout:
         return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey, tile=tile)
 
     def codecs(self, seed: int = 0) -> list:
-        """One codec per segment of a chunk (per pyramid level; one for whole images)."""
+        """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
         if not self.levels:
             return [self._codec(seed=seed)]
-        return [self._codec(lvl.tile, seed) for lvl in self.levels]
+        return [self._codec(self.levels[k].pieces[i].tile, seed) for k, i in self.pieces]
+
+    @property
+    def whole_images(self) -> bool:
+        """Whether a chunk holds whole images (several segments per image), not any run of units."""
+        return len(self.pieces) > 1
 
     def units_per_image(self) -> int:
         return sum(lvl.tiles_per_image for lvl in self.levels) if self.levels else 1
@@ -114,23 +119,25 @@ class Layout:
     def unit_count(self) -> int:
         return self.shape[0] * self.units_per_image()
 
-    def _colour(self, images):
-        return images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+    def segment_sizes(self, n_images: int) -> list[int]:
+        if not self.levels:
+            return [n_images]
+        return [n_images * self.levels[k].tiles_in(self.levels[k].pieces[i]) for k, i in self.pieces]
 
     def segments(self, images: torch.Tensor) -> list[Segment]:
         """The segments coding ``images`` (all of the shape this layout is for but the count)."""
+        codecs = self.codecs()
         if not self.levels:
-            return [Segment(self.codecs()[0], images)]
-        out = []
-        for codec, lvl, x in zip(self.codecs(), self.levels, tiling.level_images(self._colour(images), self.levels)):
-            tiles = tiling.to_tiles(x, lvl.tile)
-            out.append(Segment(codec, tiles, tiles if lvl.split else None))
-        return out
+            return [Segment(codecs[0], images)]
+        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+        tiles = [tiling.cut(img, lvl) for lvl, img in zip(self.levels, tiling.level_images(x, self.levels))]
+        return [Segment(codec, tiles[k][i], tiles[k][i] if self.levels[k].split else None)
+                for codec, (k, i) in zip(codecs, self.pieces)]
 
     def chunk_ranges(self, n_images: int, chunk: int) -> list[tuple[int, int]]:
-        """Chunks as (first image, end) ranges; for tiled models, units ``[start, end)`` instead
-        when there is one level and no pyramid (a chunk may then end inside an image)."""
-        if self.levels and len(self.levels) > 1:
+        """Chunks as (first image, end) ranges when chunks hold whole images, otherwise as ranges of
+        units (then a chunk may end inside an image)."""
+        if self.whole_images:
             step = max(1, chunk // self.units_per_image())
             return [(i, min(n_images, i + step)) for i in range(0, n_images, step)]
         total = self.unit_count()
@@ -139,12 +146,13 @@ class Layout:
     def encode(self, images: torch.Tensor, chunk: int, progress=None):
         """``(chunk bytes, units per chunk, stats per chunk)``."""
         tick = _ticker(progress, self.unit_count())
-        chunks, counts, stats = [], [], []
-        if len(self.levels) > 1:
-            pieces = [self.segments(images[a:b]) for a, b in self.chunk_ranges(len(images), chunk)]
+        ranges = self.chunk_ranges(len(images), chunk)
+        if self.whole_images:
+            pieces = [self.segments(images[a:b]) for a, b in ranges]
         else:
-            units = self.segments(images)[0]
-            pieces = [[units._replace(images=units.images[a:b])] for a, b in self.chunk_ranges(len(images), chunk)]
+            whole = self.segments(images)[0]
+            pieces = [[whole._replace(images=whole.images[a:b])] for a, b in ranges]
+        chunks, counts, stats = [], [], []
         for index, segments in enumerate(pieces):
             data, st = encode_segments(segments, seed=index, progress=tick)
             chunks.append(data)
@@ -155,53 +163,42 @@ class Layout:
     def decode(self, chunks, counts, progress=None) -> torch.Tensor:
         """Inverse of :meth:`encode`."""
         tick = _ticker(progress, self.unit_count())
-        per_image = self.units_per_image()
         parts = []
         for index, (data, count) in enumerate(zip(chunks, counts)):
-            codecs = self.codecs(seed=index)
-            if len(self.levels) > 1:
-                if count % per_image:
-                    raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
-                n = count // per_image
-                sizes = [n * lvl.tiles_per_image for lvl in self.levels]
-            else:
-                sizes = [count]
+            n = count // self.units_per_image()
+            if self.whole_images and count != n * self.units_per_image():
+                raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
+            sizes = self.segment_sizes(n) if self.whole_images else [count]
             try:
-                decoded = decode_segments(data, codecs, sizes, self._given_for(sizes), seed=index, progress=tick)
+                decoded = decode_segments(data, self.codecs(seed=index), sizes, self._given_for(n), seed=index,
+                                          progress=tick)
             except BBCodecError:
                 raise
             except (ValueError, RuntimeError, IndexError) as exc:
                 raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-            parts.append(self._from_levels(decoded, sizes))
+            parts.append(self._level_image(0, decoded, n) if self.whole_images else decoded[0])
         if not self.levels:
             return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
-        if len(self.levels) == 1:
+        if not self.whole_images:
             lvl = self.levels[0]
             units = torch.cat(parts) if parts else torch.empty((0, 3, lvl.tile, lvl.tile), dtype=torch.uint8)
-            return self._restore(tiling.from_tiles(units, self.shape[0], lvl.h, lvl.w))
-        return self._restore(torch.cat(parts))
-
-    def _given_for(self, sizes):
-        if len(self.levels) < 2:
-            return None
-
-        def given_for(k, decoded):
-            if not self.levels[k].split:
-                return None
-            nxt = self.levels[k + 1]
-            n = sizes[k + 1] // nxt.tiles_per_image
-            return tiling.given_tiles(tiling.from_tiles(decoded[k + 1], n, nxt.h, nxt.w), self.levels[k])
-
-        return given_for
-
-    def _from_levels(self, decoded, sizes):
-        if len(self.levels) < 2:
-            return decoded[0]
-        lvl = self.levels[0]
-        return tiling.from_tiles(decoded[0], sizes[0] // lvl.tiles_per_image, lvl.h, lvl.w)
-
-    def _restore(self, x):
+            parts = [tiling.uncut([units], self.shape[0], lvl)]
+        x = torch.cat(parts)
         return (x[:, 0] if self.grey else x).contiguous()
+
+    def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
+        """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""
+        return tiling.uncut([decoded[s] for s, (lk, _) in enumerate(self.pieces) if lk == k], n, self.levels[k])
+
+    def _given_for(self, n: int):
+        def given_for(s, decoded):
+            k, i = self.pieces[s]
+            lvl = self.levels[k]
+            if not lvl.split:
+                return None
+            return tiling.cut(tiling.given_image(self._level_image(k + 1, decoded, n), lvl), lvl)[i]
+
+        return given_for if self.whole_images else None
 
     def negative_elbo(self, images: torch.Tensor, seed: int = 0) -> dict:
         """The model's negative ELBO in bits over all coded units (see the codecs'

@@ -5,7 +5,12 @@ uint8 tensors ``(N, C, H, W)``.
 
 * **Tiles.** An image is padded up to a multiple of the tile size ``t`` by repeating its last row
   and column (the padded pixels are coded too, and cropped off after decoding), then cut into
-  ``t x t`` tiles in row-major order.
+  ``t x t`` tiles in row-major order. The tile is the largest of the model's training patch
+  times a power of two, up to the ``tile`` setting, that pads the image least: the networks are
+  fully convolutional, and larger tiles lose less context at their borders. The first level coded
+  has its first row of tiles cut into patch-sized tiles instead (its *lead*): the message is empty
+  there, and the first tiles are coded without bits-back until it holds enough bits, which costs
+  more the bigger they are.
 * **Pyramid.** An image at least ``pyramid`` pixels on its shorter side is coded as two parts:
   its padded version's every fourth pixel of every fourth row, an image a quarter the size (a
   *level*, coded first by the decoder, and split again by the same rule), and the rest of its
@@ -58,34 +63,61 @@ def from_tiles(tiles: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
     return x[:, :, :h, :w].contiguous()
 
 
+class Piece(NamedTuple):
+    """Rows ``[top, bottom)`` of a padded level image, cut into ``tile x tile`` tiles."""
+
+    top: int
+    bottom: int
+    tile: int
+
+
 class Level(NamedTuple):
-    """One level of the pyramid: the image size at this level, its tile, and whether its first
-    pixel level is given by the next level (``split``)."""
+    """One level of the pyramid: the image size at this level, its tile, whether its first pixel
+    level is given by the next level (``split``), and ``lead``, a smaller tile for its first row
+    of tiles (0: none). The first level coded has no bits in the message to take bits back from;
+    small tiles there keep the images coded without bits-back (see ``plain_start``) small."""
 
     h: int
     w: int
     tile: int
     split: bool
+    lead: int = 0
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return padded_size(self.h, self.tile), padded_size(self.w, self.tile)
+
+    @property
+    def pieces(self) -> list[Piece]:
+        ph = self.padded[0]
+        if not self.lead:
+            return [Piece(0, ph, self.tile)]
+        return [Piece(0, self.tile, self.lead), Piece(self.tile, ph, self.tile)]
+
+    def tiles_in(self, piece: Piece) -> int:
+        return (piece.bottom - piece.top) // piece.tile * (self.padded[1] // piece.tile)
 
     @property
     def tiles_per_image(self) -> int:
-        return (padded_size(self.h, self.tile) // self.tile) * (padded_size(self.w, self.tile) // self.tile)
+        return sum(self.tiles_in(p) for p in self.pieces)
 
     @property
     def next_size(self) -> tuple[int, int]:
-        return padded_size(self.h, self.tile) // SUBSAMPLE, padded_size(self.w, self.tile) // SUBSAMPLE
+        return self.padded[0] // SUBSAMPLE, self.padded[1] // SUBSAMPLE
 
 
 def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0) -> list[Level]:
     """The pyramid of an ``h x w`` image, full size first. ``pyramid`` is the shorter side from
-    which an image is split (0: never); tiles are chosen by :func:`tile_size`."""
+    which an image is split (0: never); tiles are chosen by :func:`tile_size`; the first level's
+    first row of tiles uses ``patch``-sized tiles if its tiles are larger and it has more rows."""
     if patch % SUBSAMPLE:
         raise ValueError(f"patch size {patch} is not a multiple of {SUBSAMPLE}")
     out = []
     while True:
         t = tile_size(h, w, patch, largest_tile)
         split = bool(pyramid) and min(h, w) >= max(pyramid, 2 * SUBSAMPLE)
-        out.append(Level(h, w, t, split))
+        lead = patch if not out and t > patch and padded_size(h, t) > t else 0
+        out.append(Level(h, w, t, split, lead))
         if not split:
             return out
         h, w = out[-1].next_size
@@ -101,10 +133,22 @@ def level_images(x: torch.Tensor, pyramid_levels: list[Level]) -> list[torch.Ten
     return out
 
 
-def given_tiles(next_level: torch.Tensor, lvl: Level) -> torch.Tensor:
-    """The tiles of level ``lvl`` as far as the next level ``(N, C, h, w)`` (unpadded, the size of
-    ``lvl.next_size``) determines them: its pixels on the subsampled grid, zero elsewhere."""
+def cut(padded: torch.Tensor, lvl: Level) -> list[torch.Tensor]:
+    """A padded level image ``(N, C, H, W)`` to the tiles of each of the level's pieces."""
+    return [to_tiles(padded[:, :, p.top: p.bottom], p.tile) for p in lvl.pieces]
+
+
+def uncut(parts: list[torch.Tensor], n: int, lvl: Level) -> torch.Tensor:
+    """Inverse of :func:`cut`, cropped to the level's size: ``(N, C, h, w)``."""
+    w = lvl.padded[1]
+    rows = [from_tiles(t, n, p.bottom - p.top, w) for t, p in zip(parts, lvl.pieces)]
+    return torch.cat(rows, 2)[:, :, :lvl.h, :lvl.w].contiguous()
+
+
+def given_image(next_level: torch.Tensor, lvl: Level) -> torch.Tensor:
+    """The padded image of level ``lvl`` as far as the next level ``(N, C, h, w)`` (unpadded, the
+    size of ``lvl.next_size``) determines it: its pixels on the subsampled grid, zero elsewhere."""
     n, c = next_level.shape[:2]
-    full = torch.zeros((n, c, padded_size(lvl.h, lvl.tile), padded_size(lvl.w, lvl.tile)), dtype=next_level.dtype)
+    full = torch.zeros((n, c) + lvl.padded, dtype=next_level.dtype)
     full[:, :, ::SUBSAMPLE, ::SUBSAMPLE] = next_level
-    return to_tiles(full, lvl.tile)
+    return full

@@ -95,22 +95,27 @@ def test_tile_size_and_levels():
     assert tiling.tile_size(32, 32, 32, 128) == 32
     assert tiling.tile_size(100, 100, 32, 0) == 32
     kodak = tiling.levels(512, 768, 32, 128, 256)
-    assert [(lv.h, lv.w, lv.tile, lv.split) for lv in kodak] == [(512, 768, 128, True), (128, 192, 64, False)]
+    assert kodak == [tiling.Level(512, 768, 128, True, 32), tiling.Level(128, 192, 64, False, 0)]
+    assert kodak[0].tiles_per_image == 4 * 24 + 3 * 6
     assert tiling.levels(32, 32, 32, 128, 256) == [tiling.Level(32, 32, 32, False)]
+    assert tiling.levels(100, 300, 32, 128, 0) == [tiling.Level(100, 300, 64, False, 32)]  # 128 pads more
     assert len(tiling.levels(4000, 3000, 32, 128, 256)) == 3
 
 
 def test_given_tiles_hold_the_subsampled_grid():
-    x = torch.randint(0, 256, (2, 3, 37, 21), dtype=torch.uint8)
-    lv = tiling.levels(37, 21, 8, 16, 16)
+    x = torch.randint(0, 256, (2, 3, 29, 45), dtype=torch.uint8)
+    lv = tiling.levels(29, 45, 8, 16, 16)
     assert len(lv) == 2 and lv[0].split
+    assert lv[0].lead == 8  # the first row of 16-pixel tiles is coded as 8-pixel tiles
     full, sub = tiling.level_images(x, lv)
-    given = tiling.given_tiles(sub[:, :, :lv[1].h, :lv[1].w], lv[0])
-    tiles = tiling.to_tiles(full, lv[0].tile)
-    assert torch.equal(given[:, :, ::4, ::4], tiles[:, :, ::4, ::4])
+    assert torch.equal(tiling.uncut(tiling.cut(full, lv[0]), 2, lv[0]), x)
+    given = tiling.given_image(sub[:, :, :lv[1].h, :lv[1].w], lv[0])
+    assert torch.equal(given[:, :, ::4, ::4], full[:, :, ::4, ::4])
+    for g, t in zip(tiling.cut(given, lv[0]), tiling.cut(full, lv[0])):
+        assert torch.equal(g[:, :, ::4, ::4], t[:, :, ::4, ::4])
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 37, 21), (1, 41, 16), (1, 3, 9, 30)])
+@pytest.mark.parametrize("shape", [(2, 3, 29, 45), (1, 41, 16), (1, 3, 9, 30)])
 def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
     from bbcodec.zoo import load_model
 
