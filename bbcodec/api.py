@@ -148,10 +148,10 @@ class Layout:
         tick = _ticker(progress, self.unit_count())
         ranges = self.chunk_ranges(len(images), chunk)
         if self.whole_images:
-            pieces = [self.segments(images[a:b]) for a, b in ranges]
+            pieces = (self.segments(images[a:b]) for a, b in ranges)  # tiles made chunk by chunk
         else:
             whole = self.segments(images)[0]
-            pieces = [[whole._replace(images=whole.images[a:b])] for a, b in ranges]
+            pieces = ([whole._replace(images=whole.images[a:b])] for a, b in ranges)
         chunks, counts, stats = [], [], []
         for index, segments in enumerate(pieces):
             data, st = encode_segments(segments, seed=index, progress=tick)
