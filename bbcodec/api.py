@@ -191,12 +191,16 @@ class Layout:
         return tiling.uncut([decoded[s] for s, (lk, _) in enumerate(self.pieces) if lk == k], n, self.levels[k])
 
     def _given_for(self, n: int):
+        given_pieces = {}  # level -> its pieces' given tiles, made once the next level is decoded
+
         def given_for(s, decoded):
             k, i = self.pieces[s]
             lvl = self.levels[k]
             if not lvl.split:
                 return None
-            return tiling.cut(tiling.given_image(self._level_image(k + 1, decoded, n), lvl), lvl)[i]
+            if k not in given_pieces:
+                given_pieces[k] = tiling.cut(tiling.given_image(self._level_image(k + 1, decoded, n), lvl), lvl)
+            return given_pieces[k][i]
 
         return given_for if self.whole_images else None
 
