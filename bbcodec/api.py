@@ -22,12 +22,14 @@ from .container import Container
 from .errors import BBCodecError
 from .formats import ImageFile, check_restorable, read_image_file, restored_sha, write_image_file
 from . import tiling
-from .image_codec import CodingParams, ContextVAECodec, HierarchicalVAECodec, Segment, decode_segments, encode_segments
+from .image_codec import (SCALE_SHIFT_RANGE, CodingParams, ContextVAECodec, HierarchicalVAECodec, Segment,
+                          choose_scale_shifts, decode_segments, encode_segments)
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
 COLOUR_MODEL = "cifar10-rgb"
+ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale shifts
 
 
 class UsageError(BBCodecError):
@@ -81,7 +83,8 @@ class Layout:
     into pieces of tiles, and a chunk codes every piece of every level as a segment on one message,
     full size first, so that the decoder has each smaller level before the level whose pixels it
     gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
-    others implied).
+    others implied). With ``adapt``, :meth:`encode` first chooses each level's scale shifts from a
+    sample of its tiles; they are then part of :meth:`stored_params`.
     """
 
     def __init__(self, loaded, shape, coding: dict | None = None):
@@ -96,17 +99,49 @@ class Layout:
             self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
         # the flat list of segments: (level index, piece index)
         self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
+        self._check_scale_shifts()
 
-    def _codec(self, tile=None, seed: int = 0):
+    def _check_scale_shifts(self):
+        shifts = self.params.scale_shifts = tuple(tuple(level) for level in self.params.scale_shifts)
+        if not shifts:
+            return
+        lo, hi = SCALE_SHIFT_RANGE
+        if (len(shifts) != len(self.levels)
+                or any(len(level) != self.loaded.model.steps for level in shifts)
+                or any(not isinstance(v, int) or not lo <= v <= hi for level in shifts for v in level)):
+            raise ValueError("scale shifts do not fit the model and image shape")
+
+    def _codec(self, level: int = 0, tile=None, seed: int = 0):
         if self.arch == "context_vae":
             return ContextVAECodec(self.loaded.model, self.params, seed=seed)
-        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey, tile=tile)
+        shifts = self.params.scale_shifts[level] if self.params.scale_shifts else None
+        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey, tile=tile,
+                                    scale_shifts=shifts)
 
     def codecs(self, seed: int = 0) -> list:
         """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
         if not self.levels:
             return [self._codec(seed=seed)]
-        return [self._codec(self.levels[k].pieces[i].tile, seed) for k, i in self.pieces]
+        return [self._codec(k, self.levels[k].pieces[i].tile, seed) for k, i in self.pieces]
+
+    def adapt(self, images: torch.Tensor) -> None:
+        """Choose the scale shifts for ``images`` (if ``adapt`` is set and none are set yet): per
+        level, from about :data:`ADAPT_PIXELS` of its pixels, in tiles spread over the images."""
+        if not (self.levels and self.params.adapt) or self.params.scale_shifts:
+            return
+        h, w = self.shape[-2:]
+        sample = images[:: max(1, len(images) * h * w // ADAPT_PIXELS)]
+        segments = self.segments(sample)
+        level_pixels = [0] * len(self.levels)
+        for seg, (k, _) in zip(segments, self.pieces):
+            level_pixels[k] += seg.images[:, 0].numel()
+        outputs = [[] for _ in self.levels]
+        for seg, (k, _) in zip(segments, self.pieces):
+            every = max(1, level_pixels[k] // ADAPT_PIXELS)
+            outputs[k].append(seg.codec.sample_outputs(seg.images[::every], given=seg.given is not None))
+        model = self.loaded.model
+        self.params = replace(self.params, scale_shifts=tuple(
+            choose_scale_shifts(model.likelihood, level, model.steps) for level in outputs))
 
     @property
     def whole_images(self) -> bool:
@@ -144,7 +179,8 @@ class Layout:
         return [(i, min(total, i + chunk)) for i in range(0, total, chunk)]
 
     def encode(self, images: torch.Tensor, chunk: int, progress=None):
-        """``(chunk bytes, units per chunk, stats per chunk)``."""
+        """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`)."""
+        self.adapt(images)
         tick = _ticker(progress, self.unit_count())
         ranges = self.chunk_ranges(len(images), chunk)
         if self.whole_images:
@@ -404,19 +440,23 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
              progress=None, elbo_seed: int = 0) -> dict:
     """Compress and decompress ``src`` in memory (verified) and report, in bits per dimension, the
     model's negative ELBO next to the code length of the whole output file, with the overhead
-    itemised, and the encode and decode speed."""
+    itemised, and the encode and decode speed. The negative ELBO is the coding model's, with the
+    scale shifts the encoder chose (see :meth:`Layout.adapt`); without them it is
+    ``unadapted_negative_elbo_bits_per_dim``."""
     src = Path(src)
     f = read_image_file(src)
     if limit:
         f = replace(f, images=f.images[:limit], side_data=f.side_data[:limit] if f.kind == "cifar" else f.side_data)
     images = f.images
     loaded = choose_model(images, f.pixels, model)
-    layout = Layout(loaded, images.shape, coding)
     dims = images.numel()
-    elbo = layout.negative_elbo(images, seed=elbo_seed)
     t0 = time.perf_counter()
     params, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
     t_enc = time.perf_counter() - t0
+    elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
+    unadapted = elbo
+    if params.get("scale_shifts"):
+        unadapted = Layout(loaded, images.shape, {**params, "scale_shifts": ()}).negative_elbo(images, seed=elbo_seed)
     box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(images.shape), f.pixels, f.restore,
                     params, chunks, counts, f.side_data)
     total_bits = 8 * len(box.to_bytes())
@@ -436,6 +476,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     return {
         "input": str(src), "model": loaded.name, "images": len(images), "dims": dims,
         "negative_elbo_bits_per_dim": elbo["bits"] / dims,
+        "unadapted_negative_elbo_bits_per_dim": unadapted["bits"] / dims,
         "kl_bits_per_dim": elbo["kl_bits"] / dims,
         "code_length_bits_per_dim": total_bits / dims,
         "code_length_over_elbo": total_bits / elbo["bits"] - 1,

@@ -78,6 +78,8 @@ def _coding_options(f):
     f = click.option("--tile", type=click.IntRange(0), help="tiled models: largest tile size (0: the model's patch)")(f)
     f = click.option("--pyramid", type=click.IntRange(0),
                      help="tiled models: code images at least this big (shorter side) given a 4x-subsampled copy (0: never)")(f)
+    f = click.option("--adapt/--no-adapt", default=None,
+                     help="tiled models: fit each pixel step's scales to the data, stored in the file (default: the model's)")(f)
     f = click.option("--chunk", default=10_000, show_default=True, type=click.IntRange(1),
                      help="images per independently decodable chunk (bounds memory)")(f)
     return f
@@ -148,6 +150,8 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
         return
     click.echo(f"{r['input']}: {r['images']} images, model {r['model']}")
     click.echo(f"  negative ELBO      {r['negative_elbo_bits_per_dim']:.4f} bits/dim  (KL {r['kl_bits_per_dim']:.4f})")
+    if r["unadapted_negative_elbo_bits_per_dim"] != r["negative_elbo_bits_per_dim"]:
+        click.echo(f"    without the scale shifts     {r['unadapted_negative_elbo_bits_per_dim']:.4f} bits/dim")
     click.echo(f"  code length        {r['code_length_bits_per_dim']:.4f} bits/dim  "
                f"({100 * r['code_length_over_elbo']:+.2f}% vs negative ELBO), whole file: {r['total_bits'] // 8:,} bytes")
     for k, v in r["overhead_bits"].items():

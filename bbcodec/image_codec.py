@@ -42,6 +42,11 @@ class CodingParams:
     latent_bits - KL``) pace the start-up: a batch may only pop, and new lanes may only take, bits
     that earlier images have put in the message. Both are conservative estimates stored with the
     model; the plan is a deterministic function of them and the image count.
+
+    ``scale_shifts`` (tiled models): per coded level of the image pyramid, one integer per pixel
+    step, added in units of :data:`SCALE_SHIFT_UNIT` to that step's log-scales: the encoder's
+    adaptation of the model to the data, stored in the file (``adapt`` makes the encoder choose
+    them, see :meth:`HierarchicalVAECodec.scale_shift_costs`; empty: no shifts).
     """
 
     batch: int = 64
@@ -55,10 +60,15 @@ class CodingParams:
     stored_plan: bool = False  # plan each batch from the bits really in the message; store the plan
     tile: int = 0  # tiled models: the largest tile size to use (0: the model's training patch)
     pyramid: int = 0  # tiled models: split images at least this big on the shorter side (0: never)
+    adapt: bool = False  # tiled models: choose scale_shifts for the data when encoding
+    scale_shifts: tuple = ()
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+
+SCALE_SHIFT_UNIT = 1 / 16  # scale shifts are multiples of this, in natural-log units
+SCALE_SHIFT_RANGE = (-16, 32)  # the shifts the encoder considers: e^-1 to e^2 times the scales
 
 SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a step spend
 
@@ -419,12 +429,17 @@ class HierarchicalVAECodec(BatchedImageCodec):
     networks are fully convolutional, and larger tiles lose less context at their borders. The
     per-image estimates in ``params`` are per training patch and are scaled to the tile's area.
     With ``given`` tiles (see :meth:`_batch_codec`), the first pixel level (every fourth pixel of
-    every fourth row, all channels) is taken from them instead of being coded.
+    every fourth row, all channels) is taken from them instead of being coded. ``scale_shifts``
+    (one integer per pixel step, default zeros) shift each step's log-scales by multiples of
+    :data:`SCALE_SHIFT_UNIT`.
     """
 
     def __init__(self, model, params: CodingParams | None = None, seed: int = 0, grey: bool = False,
-                 tile: int | None = None):
+                 tile: int | None = None, scale_shifts=None):
         super().__init__(model, params, seed)
+        self.scale_shifts = tuple(scale_shifts or (0,) * model.steps)
+        if len(self.scale_shifts) != model.steps:
+            raise ValueError(f"{len(self.scale_shifts)} scale shifts for {model.steps} pixel steps")
         self.bits = self.cfg.latent_bits
         self.grey = grey
         t = self.tile = int(tile or self.cfg.patch)
@@ -472,7 +487,33 @@ class HierarchicalVAECodec(BatchedImageCodec):
             return _Copy(previous[step - step % self.cfg.channels])
         t = self.tile
         raw = self.model.head(step, feats, self.model.known_from_parts(previous, t, t), t, t, self.num)
-        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
+        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision, self._scale_shift(step)))
+
+    def _scale_shift(self, step: int) -> float:
+        return self.scale_shifts[step] * SCALE_SHIFT_UNIT
+
+    def _coded_steps(self, given: bool) -> list[int]:
+        """The pixel steps that are coded: not given, and not copies of the first channel."""
+        first = self.given_steps if given else 0
+        return [s for s in range(first, self.model.steps) if not (self.grey and s % self.cfg.channels)]
+
+    def _head_outputs(self, x, z1, given: bool):
+        """``(step, sub-pixels, raw likelihood parameters)`` of each coded step of tiles ``x``."""
+        t = self.tile
+        feats = self.model.features(z1, self.num)
+        parts = self.model.split_steps(x)
+        known = self.model.known_from_image(x)
+        for step in self._coded_steps(given):
+            yield step, parts[step], self.model.head(step, feats, known, t, t, self.num)
+
+    def sample_outputs(self, images: torch.Tensor, given: bool = False) -> dict:
+        """For choosing scale shifts: ``{step: (sub-pixels (M,), raw parameters (M, nout))}`` of the
+        coded steps of tiles ``images``, decoded from their posterior means (exact networks)."""
+        with torch.inference_mode():
+            x = images.to(torch.int64)
+            (m1, _), _ = self.model.posterior(x, self.num)
+            return {step: (sym.reshape(-1), raw.reshape(-1, raw.shape[-1]))
+                    for step, sym, raw in self._head_outputs(x, to_grid(m1), given)}
 
     def _likelihood(self, z, given=None):
         z2_bins, z1_bins = z
@@ -502,8 +543,7 @@ class HierarchicalVAECodec(BatchedImageCodec):
         gen = torch.Generator().manual_seed(seed)
         kl_bits = nll_bits = 0.0
         lik = self.model.likelihood
-        t = self.tile
-        batch = max(1, int(batch * (self.cfg.patch / t) ** 2))
+        batch = max(1, int(batch * (self.cfg.patch / self.tile) ** 2))
         with torch.inference_mode():
             for i in range(0, len(images), batch):
                 x = images[i: i + batch].to(torch.int64)
@@ -512,13 +552,38 @@ class HierarchicalVAECodec(BatchedImageCodec):
                 pm, log_ps = self.model.prior1(z2, self.num)
                 z1 = to_grid(m1 + torch.randn(m1.shape, generator=gen, dtype=torch.float64) * torch.exp(s1))
                 kl = gaussian_kl(m1, s1, pm, log_ps).sum() + gaussian_kl(m2, s2, 0.0, 0.0).sum()
-                feats = self.model.features(z1, self.num)
-                parts = self.model.split_steps(x)
-                known = self.model.known_from_image(x)
-                for step in range(self.given_steps if given else 0, self.model.steps):
-                    if self.grey and step % self.cfg.channels:
-                        continue
-                    raw = self.model.head(step, feats, known, t, t, self.num)
-                    nll_bits -= lik.log_prob(parts[step], raw).sum().item() / math.log(2)
+                for step, sym, raw in self._head_outputs(x, z1, given):
+                    nll_bits -= lik.log_prob(sym, raw, self._scale_shift(step)).sum().item() / math.log(2)
                 kl_bits += kl.item() / math.log(2)
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
+
+
+def choose_scale_shifts(likelihood, samples: list[dict], steps: int) -> tuple[int, ...]:
+    """Per pixel step, the scale shift in :data:`SCALE_SHIFT_RANGE` that minimises the code length
+    of the sampled sub-pixels (``samples``: outputs of
+    :meth:`HierarchicalVAECodec.sample_outputs`), found coarse to fine (a grid of 4 units, then
+    2, then 1; the cost is smooth and unimodal in practice). Steps without samples get 0. The
+    choice is the encoder's alone (decoders read it), so it need not be reproducible bit for bit.
+    """
+    shifts = []
+    for step in range(steps):
+        found = [s[step] for s in samples if step in s]
+        if not found:
+            shifts.append(0)
+            continue
+        sym = torch.cat([f[0] for f in found])
+        raw = torch.cat([f[1] for f in found]).to(torch.float64)
+        costs: dict[int, float] = {}
+
+        def cost(shift: int) -> float:
+            if shift not in costs:
+                costs[shift] = -float(likelihood.log_prob(sym, raw, shift * SCALE_SHIFT_UNIT).sum())
+            return costs[shift]
+
+        lo, hi = SCALE_SHIFT_RANGE
+        best = min(range(lo, hi + 1, 4), key=lambda v: (cost(v), abs(v)))
+        for step_size in (2, 1):
+            near = [v for v in (best - step_size, best, best + step_size) if lo <= v <= hi]
+            best = min(near, key=lambda v: (cost(v), abs(v)))
+        shifts.append(best)
+    return tuple(shifts)

@@ -61,6 +61,7 @@ def kodak(model, limit: int, repeats: int, start: int = 0, on_row=None, baseline
             base = {k: (8 * v / dims if isinstance(v, int) else v) for k, v in image_codecs(img[None]).items()}
         rows.append({"image": path.name, "bits_per_dim": rep["code_length_bits_per_dim"],
                      "negative_elbo_bits_per_dim": rep["negative_elbo_bits_per_dim"],
+                     "unadapted_negative_elbo_bits_per_dim": rep["unadapted_negative_elbo_bits_per_dim"],
                      "compress_seconds": statistics.median(r["encode_seconds"] for r in runs),
                      "decompress_seconds": statistics.median(r["decode_seconds"] for r in runs), **base})
         print(f"{path.name}: bbcodec {rows[-1]['bits_per_dim']:.3f} bits/dim (ELBO {rep['negative_elbo_bits_per_dim']:.3f}), "
@@ -97,7 +98,8 @@ def main():
         baselines = None
         if args.kodak_baselines_from:
             old = json.loads(args.kodak_baselines_from.read_text())["kodak"]["images"]
-            own = ("image", "bits_per_dim", "negative_elbo_bits_per_dim", "compress_seconds", "decompress_seconds")
+            own = ("image", "bits_per_dim", "negative_elbo_bits_per_dim", "unadapted_negative_elbo_bits_per_dim",
+                   "compress_seconds", "decompress_seconds")
             baselines = {r["image"]: {k: v for k, v in r.items() if k not in own} for r in old}
         k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start, on_row=partial, baselines=baselines)
         results["kodak"] = k

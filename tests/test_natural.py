@@ -163,3 +163,95 @@ def test_cli_pyramid_and_tile_options(tmp_path, colour_model):
     assert info["coding"]["pyramid"] == 16 and info["coding"]["tile"] == 16
     run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)
+
+
+def smooth_images(n, h, w, seed):
+    """Images with strong local correlation (a blurred random field), unlike the tiny model's
+    training: the encoder's scale shifts then move away from zero."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, 3, h // 4 + 2, w // 4 + 2), generator=g) * 255
+    x = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def test_adapted_scale_shifts_roundtrip_and_are_stored(colour_model):
+    from bbcodec.zoo import load_model
+
+    x = smooth_images(2, 29, 45, 1)
+    coding = {"pyramid": 16, "tile": 16, "adapt": True}
+    data = api.compress_images(x, colour_model, coding=coding)
+    shifts = api.Container.from_bytes(data).coding["scale_shifts"]
+    loaded = load_model(colour_model)
+    assert len(shifts) == 2 and all(len(level) == loaded.model.steps for level in shifts)
+    assert any(v != 0 for level in shifts for v in level)
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    # the shifts lower the model's code length on the data they were chosen for
+    adapted = api.Layout(loaded, x.shape, {**coding, "scale_shifts": shifts}).negative_elbo(x)["bits"]
+    plain = api.Layout(loaded, x.shape, {**coding, "adapt": False}).negative_elbo(x)["bits"]
+    assert adapted < plain
+    # without adapt nothing is stored, and such files decode as before
+    data = api.compress_images(x, colour_model, coding={**coding, "adapt": False})
+    assert "scale_shifts" not in api.Container.from_bytes(data).coding or not api.Container.from_bytes(data).coding["scale_shifts"]
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_explicit_scale_shifts_roundtrip(colour_model, grey):
+    from bbcodec.zoo import load_model
+
+    steps = load_model(colour_model).model.steps
+    x = smooth_images(3, 20, 20, 2)
+    x = x[:, 0].contiguous() if grey else x
+    shifts = [[(7 * s) % 49 - 16 for s in range(steps)]]
+    data = api.compress_images(x, colour_model, coding={"scale_shifts": shifts, "adapt": True})
+    assert api.Container.from_bytes(data).coding["scale_shifts"] == shifts  # given shifts are kept
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+
+
+def test_bad_scale_shifts_in_a_header_are_a_clear_error(colour_model):
+    x = smooth_images(1, 20, 20, 3)
+    box = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"adapt": True}))
+    for bad in ([[0] * 3], [[0] * 15, [0] * 15], [[99] * 15], [["a"] * 15]):
+        box.coding["scale_shifts"] = bad
+        with pytest.raises(api.BBCodecError, match="corrupt .bbc header"):
+            api.decompress_images(box.to_bytes(), colour_model)
+
+
+def test_scale_shift_search_finds_the_best_shift():
+    """The coarse-to-fine search agrees with trying every shift, for data drawn wider and narrower
+    than the model predicts."""
+    from bbcodec.image_codec import SCALE_SHIFT_RANGE, SCALE_SHIFT_UNIT, choose_scale_shifts
+    from bbcodec.models.likelihoods import LogisticMixtureLikelihood
+
+    lik = LogisticMixtureLikelihood(2)
+    g = torch.Generator().manual_seed(0)
+    samples = {}
+    for step, true_log_scale in enumerate([-4.5, -3.0, -2.0]):
+        m = 4000
+        mean = torch.rand(m, generator=g) * 1.6 - 0.8
+        u = torch.rand(m, generator=g).clamp(1e-6, 1 - 1e-6)
+        x = (127.5 * (mean + 1) + 127.5 * torch.exp(torch.tensor(true_log_scale)) * torch.log(u / (1 - u)))
+        raw = torch.zeros(m, lik.nout, dtype=torch.float64)
+        raw[:, 4:6] = mean[:, None].double()
+        raw[:, 6:8] = -3.0  # the model's log-scale
+        samples[step] = (x.round().clamp(0, 255).long(), raw)
+    found = choose_scale_shifts(lik, [samples], 4)
+    assert found[3] == 0  # no samples
+    for step in range(3):
+        sym, raw = samples[step]
+        cost = {v: -float(lik.log_prob(sym, raw, v * SCALE_SHIFT_UNIT).sum())
+                for v in range(SCALE_SHIFT_RANGE[0], SCALE_SHIFT_RANGE[1] + 1)}
+        assert found[step] == min(cost, key=cost.get)
+    assert found[0] < 0 < found[2]
+
+
+def test_cli_adapt_option(tmp_path, colour_model):
+    arr = smooth_images(1, 24, 40, 4)[0].permute(1, 2, 0).numpy()
+    src = tmp_path / "p.png"
+    Image.fromarray(arr, "RGB").save(src)
+    for flag, stored in (("--adapt", True), ("--no-adapt", False)):
+        run("compress", src, "-m", colour_model, "-q", "-f", flag)
+        info = json.loads(run("info", str(src) + ".bbc", "--json").output)
+        assert bool(info["coding"].get("scale_shifts")) == stored
+        run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q", "-f")
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)

@@ -40,20 +40,23 @@ def _logistic_bin_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Ten
 
 
 class Likelihood:
+    """``scale_shift`` (where a likelihood has scales): added to every raw log-scale, a scalar or a
+    tensor broadcasting against ``raw[..., :1]``; coders use it to adapt a model to an image."""
+
     nout: int
     name: str
 
-    def log_prob(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, raw: torch.Tensor, scale_shift=0.0) -> torch.Tensor:
         raise NotImplementedError
 
-    def entropy_model(self, raw: torch.Tensor, precision: int) -> em.EntropyModel:
+    def entropy_model(self, raw: torch.Tensor, precision: int, scale_shift=0.0) -> em.EntropyModel:
         raise NotImplementedError
 
 
 class LogisticMixtureLikelihood(Likelihood):
     """``components`` discretised logistics over 0..255, plus (``end_masses``) point masses at 0
     and 255. Raw outputs: mixture logits (components [+2]), then means, then log-scales, with
-    ``mean = 127.5 * (raw + 1)`` and ``log_scale = raw + log(127.5)``."""
+    ``mean = 127.5 * (raw + 1)`` and ``log_scale = raw + log(127.5) + scale_shift`` (clamped)."""
 
     def __init__(self, components: int = 1, end_masses: bool = True, n: int = 256):
         self.components, self.end_masses, self.n = components, end_masses, n
@@ -61,15 +64,15 @@ class LogisticMixtureLikelihood(Likelihood):
         self.nout = self.nlogits + 2 * components
         self.name = "logistic_mixture"
 
-    def _split(self, raw):
+    def _split(self, raw, scale_shift=0.0):
         k, m = self.components, self.nlogits
         logits = raw[..., :m]
         means = 127.5 * (raw[..., m: m + k] + 1.0)
-        log_scales = torch.clamp(raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET, LOG_SCALE_MIN, LOG_SCALE_MAX)
-        return logits, means, log_scales
+        log_scales = raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET + scale_shift
+        return logits, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
 
-    def log_prob(self, x, raw):
-        logits, means, log_scales = self._split(raw)
+    def log_prob(self, x, raw, scale_shift=0.0):
+        logits, means, log_scales = self._split(raw, scale_shift)
         log_w = F.log_softmax(logits, -1)
         parts = log_w[..., : self.components] + _logistic_bin_logp(x.unsqueeze(-1), means, log_scales, self.n)
         if self.end_masses:
@@ -79,8 +82,8 @@ class LogisticMixtureLikelihood(Likelihood):
             parts = torch.cat([parts, low.unsqueeze(-1), high.unsqueeze(-1)], -1)
         return torch.logsumexp(parts, -1)
 
-    def entropy_model(self, raw, precision):
-        logits, means, log_scales = self._split(raw.to(torch.float64))
+    def entropy_model(self, raw, precision, scale_shift=0.0):
+        logits, means, log_scales = self._split(raw.to(torch.float64), scale_shift)
         return em.LogisticMixture(means, detmath.exp_scale(log_scales), logits=logits, n=self.n,
                                   precision=precision, end_masses=self.end_masses)
 
@@ -92,10 +95,10 @@ class BernoulliLikelihood(Likelihood):
     nout = 1
     name = "bernoulli"
 
-    def log_prob(self, x, raw):
+    def log_prob(self, x, raw, scale_shift=0.0):
         return -F.binary_cross_entropy_with_logits(raw[..., 0], x.to(raw.dtype), reduction="none")
 
-    def entropy_model(self, raw, precision):
+    def entropy_model(self, raw, precision, scale_shift=0.0):
         return em.Bernoulli(logits=raw[..., 0].to(torch.float64), precision=precision)
 
     def packed_model(self, raw, pack: int, precision: int = 31) -> em.PackedBernoulli:
