@@ -22,14 +22,14 @@ from .container import Container
 from .errors import BBCodecError
 from .formats import ImageFile, check_restorable, read_image_file, restored_sha, write_image_file
 from . import tiling
-from .image_codec import (SCALE_SHIFT_RANGE, CodingParams, ContextVAECodec, HierarchicalVAECodec, Segment,
-                          choose_scale_shifts, decode_segments, encode_segments)
+from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, ContextVAECodec, HierarchicalVAECodec,
+                          Segment, choose_scale_maps, decode_segments, encode_segments)
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
 COLOUR_MODEL = "cifar10-rgb"
-ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale shifts
+ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
 
 
 class UsageError(BBCodecError):
@@ -83,8 +83,8 @@ class Layout:
     into pieces of tiles, and a chunk codes every piece of every level as a segment on one message,
     full size first, so that the decoder has each smaller level before the level whose pixels it
     gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
-    others implied). With ``adapt``, :meth:`encode` first chooses each level's scale shifts from a
-    sample of its tiles; they are then part of :meth:`stored_params`.
+    others implied). With ``adapt``, :meth:`encode` first chooses each level's scale shifts and
+    slopes from a sample of its tiles; they are then part of :meth:`stored_params`.
     """
 
     def __init__(self, loaded, shape, coding: dict | None = None):
@@ -99,24 +99,25 @@ class Layout:
             self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
         # the flat list of segments: (level index, piece index)
         self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
-        self._check_scale_shifts()
+        for key, valid in (("scale_shifts", SCALE_SHIFT_RANGE), ("scale_slopes", SCALE_SLOPE_RANGE)):
+            setattr(self.params, key, self._checked_per_step(getattr(self.params, key), key, *valid))
 
-    def _check_scale_shifts(self):
-        shifts = self.params.scale_shifts = tuple(tuple(level) for level in self.params.scale_shifts)
-        if not shifts:
-            return
-        lo, hi = SCALE_SHIFT_RANGE
-        if (len(shifts) != len(self.levels)
-                or any(len(level) != self.loaded.model.steps for level in shifts)
-                or any(not isinstance(v, int) or not lo <= v <= hi for level in shifts for v in level)):
-            raise ValueError("scale shifts do not fit the model and image shape")
+    def _checked_per_step(self, values, what: str, lo: int, hi: int) -> tuple:
+        """``values`` (per level, one integer per pixel step, or empty) as tuples, checked."""
+        values = tuple(tuple(level) for level in values)
+        if values and (len(values) != len(self.levels)
+                       or any(len(level) != self.loaded.model.steps for level in values)
+                       or any(type(v) is not int or not lo <= v <= hi for level in values for v in level)):
+            raise ValueError(f"{what.replace('_', ' ')} do not fit the model and image shape")
+        return values
 
     def _codec(self, level: int = 0, tile=None, seed: int = 0):
         if self.arch == "context_vae":
             return ContextVAECodec(self.loaded.model, self.params, seed=seed)
-        shifts = self.params.scale_shifts[level] if self.params.scale_shifts else None
-        return HierarchicalVAECodec(self.loaded.model, self.params, seed=seed, grey=self.grey, tile=tile,
-                                    scale_shifts=shifts)
+        p = self.params
+        return HierarchicalVAECodec(self.loaded.model, p, seed=seed, grey=self.grey, tile=tile,
+                                    scale_shifts=p.scale_shifts[level] if p.scale_shifts else None,
+                                    scale_slopes=p.scale_slopes[level] if p.scale_slopes else None)
 
     def codecs(self, seed: int = 0) -> list:
         """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
@@ -125,9 +126,9 @@ class Layout:
         return [self._codec(k, self.levels[k].pieces[i].tile, seed) for k, i in self.pieces]
 
     def adapt(self, images: torch.Tensor) -> None:
-        """Choose the scale shifts for ``images`` (if ``adapt`` is set and none are set yet): per
+        """Choose the scale maps for ``images`` (if ``adapt`` is set and none are set yet): per
         level, from about :data:`ADAPT_PIXELS` of its pixels, in tiles spread over the images."""
-        if not (self.levels and self.params.adapt) or self.params.scale_shifts:
+        if not (self.levels and self.params.adapt) or self.params.scale_shifts or self.params.scale_slopes:
             return
         h, w = self.shape[-2:]
         sample = images[:: max(1, len(images) * h * w // ADAPT_PIXELS)]
@@ -140,8 +141,9 @@ class Layout:
             every = max(1, level_pixels[k] // ADAPT_PIXELS)
             outputs[k].append(seg.codec.sample_outputs(seg.images[::every], given=seg.given is not None))
         model = self.loaded.model
-        self.params = replace(self.params, scale_shifts=tuple(
-            choose_scale_shifts(model.likelihood, level, model.steps) for level in outputs))
+        chosen = [choose_scale_maps(model.likelihood, level, model.steps) for level in outputs]
+        self.params = replace(self.params, scale_shifts=tuple(shifts for shifts, _ in chosen),
+                              scale_slopes=tuple(slopes for _, slopes in chosen))
 
     @property
     def whole_images(self) -> bool:
@@ -441,7 +443,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     """Compress and decompress ``src`` in memory (verified) and report, in bits per dimension, the
     model's negative ELBO next to the code length of the whole output file, with the overhead
     itemised, and the encode and decode speed. The negative ELBO is the coding model's, with the
-    scale shifts the encoder chose (see :meth:`Layout.adapt`); without them it is
+    scale maps the encoder chose (see :meth:`Layout.adapt`); without them it is
     ``unadapted_negative_elbo_bits_per_dim``."""
     src = Path(src)
     f = read_image_file(src)
@@ -455,8 +457,9 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     t_enc = time.perf_counter() - t0
     elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
     unadapted = elbo
-    if params.get("scale_shifts"):
-        unadapted = Layout(loaded, images.shape, {**params, "scale_shifts": ()}).negative_elbo(images, seed=elbo_seed)
+    if params.get("scale_shifts") or params.get("scale_slopes"):
+        plain = {**params, "scale_shifts": (), "scale_slopes": ()}
+        unadapted = Layout(loaded, images.shape, plain).negative_elbo(images, seed=elbo_seed)
     box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(images.shape), f.pixels, f.restore,
                     params, chunks, counts, f.side_data)
     total_bits = 8 * len(box.to_bytes())

@@ -151,7 +151,7 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
     click.echo(f"{r['input']}: {r['images']} images, model {r['model']}")
     click.echo(f"  negative ELBO      {r['negative_elbo_bits_per_dim']:.4f} bits/dim  (KL {r['kl_bits_per_dim']:.4f})")
     if r["unadapted_negative_elbo_bits_per_dim"] != r["negative_elbo_bits_per_dim"]:
-        click.echo(f"    without the scale shifts     {r['unadapted_negative_elbo_bits_per_dim']:.4f} bits/dim")
+        click.echo(f"    without the scale maps       {r['unadapted_negative_elbo_bits_per_dim']:.4f} bits/dim")
     click.echo(f"  code length        {r['code_length_bits_per_dim']:.4f} bits/dim  "
                f"({100 * r['code_length_over_elbo']:+.2f}% vs negative ELBO), whole file: {r['total_bits'] // 8:,} bytes")
     for k, v in r["overhead_bits"].items():

@@ -30,7 +30,7 @@ from . import entropy_models as em
 from .ans import GROW_BITS, Message
 from .varint import decode_varint, encode_varint
 from .models.fixedpoint import ExactNumerics, to_grid
-from .models.likelihoods import BernoulliLikelihood
+from .models.likelihoods import BernoulliLikelihood, ScaleMap
 
 
 @dataclass
@@ -43,10 +43,11 @@ class CodingParams:
     that earlier images have put in the message. Both are conservative estimates stored with the
     model; the plan is a deterministic function of them and the image count.
 
-    ``scale_shifts`` (tiled models): per coded level of the image pyramid, one integer per pixel
-    step, added in units of :data:`SCALE_SHIFT_UNIT` to that step's log-scales: the encoder's
-    adaptation of the model to the data, stored in the file (``adapt`` makes the encoder choose
-    them, see :meth:`HierarchicalVAECodec.scale_shift_costs`; empty: no shifts).
+    ``scale_shifts`` and ``scale_slopes`` (tiled models): per coded level of the image pyramid,
+    one integer per pixel step each, the :class:`~bbcodec.models.likelihoods.ScaleMap` of that
+    step's log-scales in units of :data:`SCALE_SHIFT_UNIT` (shift) and :data:`SCALE_SLOPE_UNIT`
+    (slope minus one): the encoder's adaptation of the model to the data, stored in the file
+    (``adapt`` makes the encoder choose them, see :func:`choose_scale_maps`; empty: none).
     """
 
     batch: int = 64
@@ -60,8 +61,9 @@ class CodingParams:
     stored_plan: bool = False  # plan each batch from the bits really in the message; store the plan
     tile: int = 0  # tiled models: the largest tile size to use (0: the model's training patch)
     pyramid: int = 0  # tiled models: split images at least this big on the shorter side (0: never)
-    adapt: bool = False  # tiled models: choose scale_shifts for the data when encoding
+    adapt: bool = False  # tiled models: choose scale_shifts and scale_slopes for the data when encoding
     scale_shifts: tuple = ()
+    scale_slopes: tuple = ()
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -69,6 +71,8 @@ class CodingParams:
 
 SCALE_SHIFT_UNIT = 1 / 16  # scale shifts are multiples of this, in natural-log units
 SCALE_SHIFT_RANGE = (-16, 32)  # the shifts the encoder considers: e^-1 to e^2 times the scales
+SCALE_SLOPE_UNIT = 1 / 16  # log-scale slopes are 1 + multiples of this
+SCALE_SLOPE_RANGE = (-8, 4)  # slopes 0.5 to 1.25
 
 SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a step spend
 
@@ -430,16 +434,17 @@ class HierarchicalVAECodec(BatchedImageCodec):
     per-image estimates in ``params`` are per training patch and are scaled to the tile's area.
     With ``given`` tiles (see :meth:`_batch_codec`), the first pixel level (every fourth pixel of
     every fourth row, all channels) is taken from them instead of being coded. ``scale_shifts``
-    (one integer per pixel step, default zeros) shift each step's log-scales by multiples of
-    :data:`SCALE_SHIFT_UNIT`.
+    and ``scale_slopes`` (one integer per pixel step each, default zeros) map each step's
+    log-scales, see :class:`CodingParams`.
     """
 
     def __init__(self, model, params: CodingParams | None = None, seed: int = 0, grey: bool = False,
-                 tile: int | None = None, scale_shifts=None):
+                 tile: int | None = None, scale_shifts=None, scale_slopes=None):
         super().__init__(model, params, seed)
-        self.scale_shifts = tuple(scale_shifts or (0,) * model.steps)
-        if len(self.scale_shifts) != model.steps:
-            raise ValueError(f"{len(self.scale_shifts)} scale shifts for {model.steps} pixel steps")
+        shifts, slopes = tuple(scale_shifts or (0,) * model.steps), tuple(scale_slopes or (0,) * model.steps)
+        if len(shifts) != model.steps or len(slopes) != model.steps:
+            raise ValueError(f"scale shifts and slopes must be given for all {model.steps} pixel steps")
+        self.scale_maps = [scale_map(shift, slope) for shift, slope in zip(shifts, slopes)]
         self.bits = self.cfg.latent_bits
         self.grey = grey
         t = self.tile = int(tile or self.cfg.patch)
@@ -487,10 +492,7 @@ class HierarchicalVAECodec(BatchedImageCodec):
             return _Copy(previous[step - step % self.cfg.channels])
         t = self.tile
         raw = self.model.head(step, feats, self.model.known_from_parts(previous, t, t), t, t, self.num)
-        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision, self._scale_shift(step)))
-
-    def _scale_shift(self, step: int) -> float:
-        return self.scale_shifts[step] * SCALE_SHIFT_UNIT
+        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision, self.scale_maps[step]))
 
     def _coded_steps(self, given: bool) -> list[int]:
         """The pixel steps that are coded: not given, and not copies of the first channel."""
@@ -553,37 +555,62 @@ class HierarchicalVAECodec(BatchedImageCodec):
                 z1 = to_grid(m1 + torch.randn(m1.shape, generator=gen, dtype=torch.float64) * torch.exp(s1))
                 kl = gaussian_kl(m1, s1, pm, log_ps).sum() + gaussian_kl(m2, s2, 0.0, 0.0).sum()
                 for step, sym, raw in self._head_outputs(x, z1, given):
-                    nll_bits -= lik.log_prob(sym, raw, self._scale_shift(step)).sum().item() / math.log(2)
+                    nll_bits -= lik.log_prob(sym, raw, self.scale_maps[step]).sum().item() / math.log(2)
                 kl_bits += kl.item() / math.log(2)
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
 
 
-def choose_scale_shifts(likelihood, samples: list[dict], steps: int) -> tuple[int, ...]:
-    """Per pixel step, the scale shift in :data:`SCALE_SHIFT_RANGE` that minimises the code length
-    of the sampled sub-pixels (``samples``: outputs of
-    :meth:`HierarchicalVAECodec.sample_outputs`), found coarse to fine (a grid of 4 units, then
-    2, then 1; the cost is smooth and unimodal in practice). Steps without samples get 0. The
-    choice is the encoder's alone (decoders read it), so it need not be reproducible bit for bit.
+def scale_map(shift, slope) -> ScaleMap:
+    """The :class:`ScaleMap` of integer ``shift`` and ``slope`` (numbers or tensors) in their units."""
+    return ScaleMap(1 + slope * SCALE_SLOPE_UNIT, shift * SCALE_SHIFT_UNIT)
+
+
+def _refine(cost, best: int, lo: int, hi: int, sizes) -> int:
+    """Local search from ``best``: for each step size, the best of ``best`` and its two neighbours
+    that far away, within ``[lo, hi]`` (ties go to the value nearer zero)."""
+    for size in sizes:
+        near = [v for v in (best - size, best, best + size) if lo <= v <= hi]
+        best = min(near, key=lambda v: (cost(v), abs(v)))
+    return best
+
+
+MAX_ROUNDS = 8
+
+
+def choose_scale_maps(likelihood, samples: list[dict], steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per pixel step, the integer ``(shift, slope)`` in :data:`SCALE_SHIFT_RANGE` and
+    :data:`SCALE_SLOPE_RANGE` that minimise the code length of the sampled sub-pixels
+    (``samples``: outputs of :meth:`HierarchicalVAECodec.sample_outputs`), by coordinate descent:
+    the shift on a grid of 4 units refined to 1 at slope 1, then the slope on a grid of 2 refined
+    to 1, then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
+    is smooth and unimodal in practice). Steps without
+    samples get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's alone (decoders
+    read it), so it need not be reproducible bit for bit.
     """
-    shifts = []
+    shifts, slopes = [0] * steps, [0] * steps
+    (s_lo, s_hi), (k_lo, k_hi) = SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE
     for step in range(steps):
         found = [s[step] for s in samples if step in s]
         if not found:
-            shifts.append(0)
             continue
         sym = torch.cat([f[0] for f in found])
         raw = torch.cat([f[1] for f in found]).to(torch.float64)
-        costs: dict[int, float] = {}
+        costs: dict[tuple[int, int], float] = {}
 
-        def cost(shift: int) -> float:
-            if shift not in costs:
-                costs[shift] = -float(likelihood.log_prob(sym, raw, shift * SCALE_SHIFT_UNIT).sum())
-            return costs[shift]
+        def cost(shift: int, slope: int) -> float:
+            if (shift, slope) not in costs:
+                costs[shift, slope] = -float(likelihood.log_prob(sym, raw, scale_map(shift, slope)).sum())
+            return costs[shift, slope]
 
-        lo, hi = SCALE_SHIFT_RANGE
-        best = min(range(lo, hi + 1, 4), key=lambda v: (cost(v), abs(v)))
-        for step_size in (2, 1):
-            near = [v for v in (best - step_size, best, best + step_size) if lo <= v <= hi]
-            best = min(near, key=lambda v: (cost(v), abs(v)))
-        shifts.append(best)
-    return tuple(shifts)
+        shift = min(range(s_lo, s_hi + 1, 4), key=lambda v: (cost(v, 0), abs(v)))
+        shift = _refine(lambda v: cost(v, 0), shift, s_lo, s_hi, (2, 1))
+        slope = min(range(k_lo, k_hi + 1, 2), key=lambda v: (cost(shift, v), abs(v)))
+        slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
+        for _ in range(MAX_ROUNDS):  # the two interact: alternate until neither moves
+            before = (shift, slope)
+            shift = _refine(lambda v: cost(v, slope), shift, s_lo, s_hi, (2, 1))
+            slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
+            if (shift, slope) == before:
+                break
+        shifts[step], slopes[step] = shift, slope
+    return tuple(shifts), tuple(slopes)

@@ -9,6 +9,7 @@ trained negative ELBO is what coding achieves.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,24 +40,34 @@ def _logistic_bin_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Ten
     return out
 
 
+class ScaleMap(NamedTuple):
+    """``log_scale -> slope * log_scale + shift`` on a likelihood's natural-log scales (in pixel
+    levels, so the pivot is a scale of one level): how coders adapt a model to the data. Floats,
+    or tensors that broadcast against the scales (to try several maps at once)."""
+
+    slope: float = 1.0
+    shift: float = 0.0
+
+
 class Likelihood:
-    """``scale_shift`` (where a likelihood has scales): added to every raw log-scale, a scalar or a
-    tensor broadcasting against ``raw[..., :1]``; coders use it to adapt a model to an image."""
+    """``scale_map`` (where a likelihood has scales, else ignored): a :class:`ScaleMap` applied to
+    every log-scale, or None."""
 
     nout: int
     name: str
 
-    def log_prob(self, x: torch.Tensor, raw: torch.Tensor, scale_shift=0.0) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, raw: torch.Tensor, scale_map: ScaleMap | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def entropy_model(self, raw: torch.Tensor, precision: int, scale_shift=0.0) -> em.EntropyModel:
+    def entropy_model(self, raw: torch.Tensor, precision: int, scale_map: ScaleMap | None = None) -> em.EntropyModel:
         raise NotImplementedError
 
 
 class LogisticMixtureLikelihood(Likelihood):
     """``components`` discretised logistics over 0..255, plus (``end_masses``) point masses at 0
     and 255. Raw outputs: mixture logits (components [+2]), then means, then log-scales, with
-    ``mean = 127.5 * (raw + 1)`` and ``log_scale = raw + log(127.5) + scale_shift`` (clamped)."""
+    ``mean = 127.5 * (raw + 1)`` and ``log_scale = raw + log(127.5)`` (then ``scale_map``, then
+    clamped)."""
 
     def __init__(self, components: int = 1, end_masses: bool = True, n: int = 256):
         self.components, self.end_masses, self.n = components, end_masses, n
@@ -64,15 +75,17 @@ class LogisticMixtureLikelihood(Likelihood):
         self.nout = self.nlogits + 2 * components
         self.name = "logistic_mixture"
 
-    def _split(self, raw, scale_shift=0.0):
+    def _split(self, raw, scale_map=None):
         k, m = self.components, self.nlogits
         logits = raw[..., :m]
         means = 127.5 * (raw[..., m: m + k] + 1.0)
-        log_scales = raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET + scale_shift
+        log_scales = raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET
+        if scale_map is not None:
+            log_scales = log_scales * scale_map.slope + scale_map.shift
         return logits, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
 
-    def log_prob(self, x, raw, scale_shift=0.0):
-        logits, means, log_scales = self._split(raw, scale_shift)
+    def log_prob(self, x, raw, scale_map=None):
+        logits, means, log_scales = self._split(raw, scale_map)
         log_w = F.log_softmax(logits, -1)
         parts = log_w[..., : self.components] + _logistic_bin_logp(x.unsqueeze(-1), means, log_scales, self.n)
         if self.end_masses:
@@ -82,8 +95,8 @@ class LogisticMixtureLikelihood(Likelihood):
             parts = torch.cat([parts, low.unsqueeze(-1), high.unsqueeze(-1)], -1)
         return torch.logsumexp(parts, -1)
 
-    def entropy_model(self, raw, precision, scale_shift=0.0):
-        logits, means, log_scales = self._split(raw.to(torch.float64), scale_shift)
+    def entropy_model(self, raw, precision, scale_map=None):
+        logits, means, log_scales = self._split(raw.to(torch.float64), scale_map)
         return em.LogisticMixture(means, detmath.exp_scale(log_scales), logits=logits, n=self.n,
                                   precision=precision, end_masses=self.end_masses)
 
@@ -95,10 +108,10 @@ class BernoulliLikelihood(Likelihood):
     nout = 1
     name = "bernoulli"
 
-    def log_prob(self, x, raw, scale_shift=0.0):
+    def log_prob(self, x, raw, scale_map=None):
         return -F.binary_cross_entropy_with_logits(raw[..., 0], x.to(raw.dtype), reduction="none")
 
-    def entropy_model(self, raw, precision, scale_shift=0.0):
+    def entropy_model(self, raw, precision, scale_map=None):
         return em.Bernoulli(logits=raw[..., 0].to(torch.float64), precision=precision)
 
     def packed_model(self, raw, pack: int, precision: int = 31) -> em.PackedBernoulli:
