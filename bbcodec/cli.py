@@ -156,8 +156,8 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
                f"({100 * r['code_length_over_elbo']:+.2f}% vs negative ELBO), whole file: {r['total_bits'] // 8:,} bytes")
     for k, v in r["overhead_bits"].items():
         click.echo(f"    {k.replace('_', ' '):30s} {v:>10,d} bits  ({v / r['dims']:.5f} bits/dim)")
-    click.echo(f"  speed              encode {r['encode_images_per_s']:,.0f} images/s, decode {r['decode_images_per_s']:,.0f} images/s "
-               f"({r['threads']} threads)")
+    click.echo(f"  speed              encode {r['encode_seconds']:.1f} s ({r['encode_images_per_s']:,.1f} images/s), "
+               f"decode {r['decode_seconds']:.1f} s ({r['decode_images_per_s']:,.1f} images/s), {r['threads']} threads")
 
 
 @main.command()
