@@ -575,6 +575,7 @@ def _refine(cost, best: int, lo: int, hi: int, sizes) -> int:
 
 
 MAX_ROUNDS = 8
+MIN_SAVING = 0.002  # a step keeps the identity map unless another saves this fraction on the sample
 
 
 def choose_scale_maps(likelihood, samples: list[dict], steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -584,7 +585,8 @@ def choose_scale_maps(likelihood, samples: list[dict], steps: int) -> tuple[tupl
     the shift on a grid of 4 units refined to 1 at slope 1, then the slope on a grid of 2 refined
     to 1, then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
     is smooth and unimodal in practice). Steps without
-    samples get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's alone (decoders
+    samples, or where the best map saves less than ``MIN_SAVING`` of the sample's code length
+    (a gain that small does not carry over from the sample to the data), get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's alone (decoders
     read it), so it need not be reproducible bit for bit.
     """
     shifts, slopes = [0] * steps, [0] * steps
@@ -612,5 +614,6 @@ def choose_scale_maps(likelihood, samples: list[dict], steps: int) -> tuple[tupl
             slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
             if (shift, slope) == before:
                 break
-        shifts[step], slopes[step] = shift, slope
+        if cost(shift, slope) < (1 - MIN_SAVING) * cost(0, 0):  # else too small to trust
+            shifts[step], slopes[step] = shift, slope
     return tuple(shifts), tuple(slopes)

@@ -227,26 +227,30 @@ def test_bad_scale_maps_in_a_header_are_a_clear_error(colour_model):
 
 def test_scale_map_search_finds_the_best_map():
     """The coordinate descent over (shift, slope) lands within 0.1% of the best of every pair, and
-    beats the best shift alone, for data spread wider and narrower than the model predicts."""
+    beats the best shift alone, for data spread wider and narrower than the model predicts; data
+    that follows the model keeps the identity map."""
     from bbcodec.image_codec import SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, choose_scale_maps, scale_map
     from bbcodec.models.likelihoods import LogisticMixtureLikelihood
 
     lik = LogisticMixtureLikelihood(2)
     g = torch.Generator().manual_seed(0)
     samples = {}
-    for step, spread in enumerate([0.3, 1.0, 3.0]):
+    for step, spread in enumerate([0.3, 1.0, 3.0, None]):
         m = 4000
         mean = torch.rand(m, generator=g) * 1.6 - 0.8
         model_log_scale = torch.rand(m, generator=g) * 3 - 5  # raw: scales of 1 to 20 levels
         u = torch.rand(m, generator=g).clamp(1e-6, 1 - 1e-6)
-        true_scale = 127.5 * torch.exp(model_log_scale) ** 0.8 * spread  # narrower range than the model
+        true_scale = 127.5 * torch.exp(model_log_scale)  # None: as the model says
+        if spread is not None:
+            true_scale = true_scale ** 0.8 * spread  # a narrower range than the model's
         x = 127.5 * (mean + 1) + true_scale * torch.log(u / (1 - u))
         raw = torch.zeros(m, lik.nout, dtype=torch.float64)
         raw[:, 4:6] = mean[:, None].double()
         raw[:, 6:8] = model_log_scale[:, None].double()
         samples[step] = (x.round().clamp(0, 255).long(), raw)
-    shifts, slopes = choose_scale_maps(lik, [samples], 4)
-    assert shifts[3] == 0 and slopes[3] == 0  # no samples
+    shifts, slopes = choose_scale_maps(lik, [samples], 5)
+    assert shifts[3] == slopes[3] == 0  # the model is right: no map saves enough to be trusted
+    assert shifts[4] == slopes[4] == 0  # no samples
     for step in range(3):
         sym, raw = samples[step]
 
