@@ -457,7 +457,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     t_enc = time.perf_counter() - t0
     elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
     unadapted = elbo
-    if params.get("scale_shifts") or params.get("scale_slopes"):
+    if any(v for key in ("scale_shifts", "scale_slopes") for level in params.get(key, ()) for v in level):
         plain = {**params, "scale_shifts": (), "scale_slopes": ()}
         unadapted = Layout(loaded, images.shape, plain).negative_elbo(images, seed=elbo_seed)
     box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(images.shape), f.pixels, f.restore,

@@ -26,8 +26,8 @@ VERSION = 1
 # coding parameters, stored as a list in this order (format version 1; keys are only ever appended,
 # and a key missing from an older file takes its value from before it was added: False)
 CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile", "plain_start",
-               "stored_plan", "pyramid", "pop_bits_per_image", "scale_shifts",
-               "scale_slopes")
+               "stored_plan", "pyramid", "pop_bits_per_image",
+               "scale_shifts", "scale_slopes")
 
 
 class ContainerError(BBCodecError, ValueError):

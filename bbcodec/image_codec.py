@@ -509,7 +509,7 @@ class HierarchicalVAECodec(BatchedImageCodec):
             yield step, parts[step], self.model.head(step, feats, known, t, t, self.num)
 
     def sample_outputs(self, images: torch.Tensor, given: bool = False) -> dict:
-        """For choosing scale shifts: ``{step: (sub-pixels (M,), raw parameters (M, nout))}`` of the
+        """For choosing scale maps: ``{step: (sub-pixels (M,), raw parameters (M, nout))}`` of the
         coded steps of tiles ``images``, decoded from their posterior means (exact networks)."""
         with torch.inference_mode():
             x = images.to(torch.int64)
@@ -584,10 +584,10 @@ def choose_scale_maps(likelihood, samples: list[dict], steps: int) -> tuple[tupl
     (``samples``: outputs of :meth:`HierarchicalVAECodec.sample_outputs`), by coordinate descent:
     the shift on a grid of 4 units refined to 1 at slope 1, then the slope on a grid of 2 refined
     to 1, then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
-    is smooth and unimodal in practice). Steps without
-    samples, or where the best map saves less than ``MIN_SAVING`` of the sample's code length
-    (a gain that small does not carry over from the sample to the data), get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's alone (decoders
-    read it), so it need not be reproducible bit for bit.
+    is smooth and unimodal in practice). Steps without samples, or where the best map saves less
+    than ``MIN_SAVING`` of the sample's code length (a gain that small does not carry over from
+    the sample to the data), get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's
+    alone (decoders read it), so it need not be reproducible bit for bit.
     """
     shifts, slopes = [0] * steps, [0] * steps
     (s_lo, s_hi), (k_lo, k_hi) = SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE
