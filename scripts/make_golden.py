@@ -1,0 +1,93 @@
+"""Write the golden files: small originals and their ``.bbc`` files, one per embedded model and mode.
+
+Run once, with the code whose files must keep decoding, then commit ``tests/golden/``::
+
+    python scripts/make_golden.py            # needs ../shared/data for the photo crops
+
+``tests/test_golden.py`` decodes every file in ``tests/golden/manifest.json`` and compares the
+result with its original bit for bit. Never regenerate them to make that test pass: a failure
+there means files users already have no longer decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import bbcodec
+from bbcodec import api
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "bbcodec" / "samples"
+PHOTO = REPO.parent / "shared" / "data" / "photos" / "valid" / "Wine_by_Jakkub_Mede.png"
+
+
+def originals(out: Path) -> list[dict]:
+    """Write the original files; return manifest rows (without the .bbc names yet)."""
+    rows = []
+    idx = gzip.decompress((SAMPLES / "mnist-test-500-idx3-ubyte.gz").read_bytes())
+    n = 16
+    content = idx[:4] + n.to_bytes(4, "big") + idx[8:16] + idx[16:16 + n * 784]
+    (out / "mnist16-idx3-ubyte.gz").write_bytes(gzip.compress(content, compresslevel=9, mtime=0))
+    rows.append({"original": "mnist16-idx3-ubyte.gz", "model": "mnist-uint8", "compare": "bytes"})
+    (out / "mnist6-idx3-ubyte").write_bytes(idx[:4] + (6).to_bytes(4, "big") + idx[8:16] + idx[16:16 + 6 * 784])
+    rows.append({"original": "mnist6-idx3-ubyte", "model": "mnist-uint8", "compare": "bytes", "chunk": 4,
+                 "note": "plain IDX, two chunks"})
+    np.save(out / "binary16.npy", np.load(SAMPLES / "mnist-test-500-binarized.npy")[:16])
+    rows.append({"original": "binary16.npy", "model": "mnist-binary", "compare": "bytes"})
+    cifar = (SAMPLES / "cifar10-test-20.bin").read_bytes()
+    (out / "cifar6.bin").write_bytes(cifar[: 6 * 3073])
+    rows.append({"original": "cifar6.bin", "model": "cifar10-rgb", "compare": "bytes"})
+    (out / "digit7.png").write_bytes((SAMPLES / "digit7.png").read_bytes())
+    rows.append({"original": "digit7.png", "model": "mnist-uint8", "compare": "pixels", "note": "28x28 grey PNG"})
+
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"))
+    Image.fromarray(photo[400:424, 300:340]).save(out / "rgb40x24.png")
+    rows.append({"original": "rgb40x24.png", "model": "cifar10-rgb", "compare": "pixels"})
+    Image.fromarray(photo[500:520, 200:236]).convert("L").save(out / "grey36x20.png")
+    rows.append({"original": "grey36x20.png", "model": "cifar10-rgb", "compare": "pixels", "note": "grey mode"})
+    rgba = np.dstack([photo[100:120, 100:124], np.tile(np.arange(0, 240, 10, dtype=np.uint8), (20, 1))])
+    Image.fromarray(rgba, "RGBA").save(out / "rgba24x20.png")
+    rows.append({"original": "rgba24x20.png", "model": "cifar10-rgb", "compare": "pixels", "note": "alpha as side data"})
+    Image.fromarray(photo[300:556, 200:456]).save(out / "photo256.png")
+    rows.append({"original": "photo256.png", "model": "cifar10-rgb", "compare": "pixels",
+                 "note": "pyramid, 128 tiles, scale maps"})
+    cifar_images = torch.from_numpy(np.frombuffer(cifar[: 4 * 3073], np.uint8).reshape(4, 3073)[:, 1:]
+                                    .reshape(4, 3, 32, 32).copy())
+    np.save(out / "tensor4.npy", cifar_images.numpy())
+    rows.append({"original": "tensor4.npy", "model": "cifar10-rgb", "compare": "tensor",
+                 "note": "compress_images of an in-memory (4, 3, 32, 32) tensor"})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = originals(args.out)
+    for row in rows:
+        src = args.out / row["original"]
+        bbc = args.out / (row["original"] + ".bbc")
+        if row["compare"] == "tensor":
+            bbc.write_bytes(bbcodec.compress_images(torch.from_numpy(np.load(src)), model=row["model"]))
+        else:
+            api.compress(src, bbc, model=row["model"], force=True, chunk=row.get("chunk", api.DEFAULT_CHUNK))
+        row["bbc"] = bbc.name
+        row["bbc_sha256"] = hashlib.sha256(bbc.read_bytes()).hexdigest()
+        print(f"{bbc.name}: {bbc.stat().st_size:,} bytes")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    manifest = {"written_by": f"bbcodec {bbcodec.__version__} at commit {commit}", "files": rows}
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

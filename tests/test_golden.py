@@ -1,0 +1,47 @@
+"""Golden files: ``.bbc`` files written by earlier versions decode to their originals, bit for bit.
+
+The files were written by ``scripts/make_golden.py`` at the commit named in the manifest, before
+the container or coding changed. A failure here means files users already have no longer decode:
+fix the decoder, never the files.
+"""
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bbcodec
+from bbcodec import api
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+ROWS = json.loads((GOLDEN / "manifest.json").read_text())["files"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["bbc"] for r in ROWS])
+def test_golden_file_decodes_exactly(tmp_path, row):
+    bbc = GOLDEN / row["bbc"]
+    original = GOLDEN / row["original"]
+    assert hashlib.sha256(bbc.read_bytes()).hexdigest() == row["bbc_sha256"], "the golden file itself changed"
+    if row["compare"] == "tensor":
+        images = bbcodec.decompress_images(bbc.read_bytes())
+        assert torch.equal(images, torch.from_numpy(np.load(original)))
+        return
+    out = tmp_path / row["original"]
+    api.decompress(bbc, out)
+    if row["compare"] == "bytes":
+        assert out.read_bytes() == original.read_bytes()
+    else:
+        from PIL import Image
+
+        with Image.open(original) as a, Image.open(out) as b:
+            assert (a.mode, a.size) == (b.mode, b.size)
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_golden_files_cover_every_embedded_model():
+    from bbcodec.zoo import embedded_models
+
+    assert set(embedded_models()) <= {r["model"] for r in ROWS}
