@@ -20,7 +20,7 @@ import torch
 
 from .container import Container
 from .errors import BBCodecError
-from .formats import ImageFile, check_restorable, read_image_file, restored_sha, write_image_file
+from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from . import tiling
 from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, ContextVAECodec, HierarchicalVAECodec,
                           Segment, choose_scale_maps, decode_segments, encode_segments)
@@ -356,22 +356,39 @@ def _check_output(src: Path, dst: Path, force: bool) -> Path:
     return dst
 
 
+def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEFAULT_CHUNK,
+                  coding: dict | None = None, progress=None) -> tuple[bytes, dict]:
+    """Compress a supported file given as its bytes (``name`` names it in messages and tells CIFAR
+    batches apart by its ending); returns ``(.bbc bytes, summary)``."""
+    f = read_image_bytes(raw, name)
+    check_restorable(f)
+    loaded = choose_model(f.images, f.pixels, model)
+    box, stats = _container_for(loaded, f, coding, chunk, progress)
+    data = box.to_bytes()
+    dims = f.images.numel()
+    return data, {"model": loaded.name, "images": len(f.images), "input_bytes": len(raw),
+                  "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims}
+
+
+def _read_input(src: Path) -> bytes:
+    if src.is_dir():
+        raise UsageError(f"{src}: is a directory")
+    try:
+        return src.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{src}: cannot read ({exc.strerror or exc})") from exc
+
+
 def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAULT_CHUNK,
              coding: dict | None = None, progress=None) -> dict:
     """Compress the file ``src`` to ``dst`` (default ``src + '.bbc'``); returns a summary."""
     src = Path(src)
     dst = _check_output(src, Path(dst) if dst is not None else src.with_name(src.name + ".bbc"), force)
     t0 = time.perf_counter()
-    f = read_image_file(src)
-    check_restorable(f)
-    loaded = choose_model(f.images, f.pixels, model)
-    box, stats = _container_for(loaded, f, coding, chunk, progress)
-    data = box.to_bytes()
+    data, summary = compress_data(_read_input(src), str(src), model=model, chunk=chunk, coding=coding,
+                                  progress=progress)
     _atomic_write(dst, data, force)
-    dims = f.images.numel()
-    return {"input": str(src), "output": str(dst), "model": loaded.name, "images": len(f.images),
-            "input_bytes": src.stat().st_size, "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims,
-            "seconds": time.perf_counter() - t0}
+    return {"input": str(src), "output": str(dst), **summary, "seconds": time.perf_counter() - t0}
 
 
 def _model_for(box: Container, model=None):
@@ -387,12 +404,29 @@ def _model_for(box: Container, model=None):
 
 
 def read_container(src) -> Container:
-    src = Path(src)
-    try:
-        data = src.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{src}: cannot read ({exc.strerror or exc})") from exc
-    return Container.from_bytes(data)
+    return Container.from_bytes(_read_input(Path(src)))
+
+
+def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict]:
+    """Restore the original file's bytes from ``.bbc`` bytes, verified against the checksum
+    recorded at compression; returns ``(bytes, summary)``."""
+    box = Container.from_bytes(data)
+    loaded = _model_for(box, model)
+    images = _decode_chunks(loaded, box, progress)
+    f = ImageFile(box.kind, images, box.restore, box.side_data)
+    if box.kind == "raw":
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, images.numpy())
+        restored = buf.getvalue()
+    else:
+        restored = write_image_file(f)
+        if restored_sha(box.kind, restored) != box.data_sha256:
+            raise BBCodecError("decoded data does not match the checksum recorded at compression; output not written")
+    return restored, {"images": len(images), "kind": box.kind, "model": box.model_name}
 
 
 def decompress(src, dst=None, force: bool = False, model=None, progress=None) -> dict:
@@ -405,24 +439,9 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
         dst = src.with_suffix("")
     dst = _check_output(src, Path(dst), force)
     t0 = time.perf_counter()
-    box = read_container(src)
-    loaded = _model_for(box, model)
-    images = _decode_chunks(loaded, box, progress)
-    f = ImageFile(box.kind, images, box.restore, box.side_data)
-    if box.kind == "raw":
-        import io
-
-        import numpy as np
-
-        buf = io.BytesIO()
-        np.save(buf, images.numpy())
-        data = buf.getvalue()
-    else:
-        data = write_image_file(f)
-        if restored_sha(box.kind, data) != box.data_sha256:
-            raise BBCodecError("decoded data does not match the checksum recorded at compression; output not written")
-    _atomic_write(dst, data, force)
-    return {"input": str(src), "output": str(dst), "images": len(images), "seconds": time.perf_counter() - t0}
+    restored, summary = decompress_data(_read_input(src), model=model, progress=progress)
+    _atomic_write(dst, restored, force)
+    return {"input": str(src), "output": str(dst), **summary, "seconds": time.perf_counter() - t0}
 
 
 def info(src) -> dict:

@@ -108,6 +108,13 @@ def read_image_file(path: Path) -> ImageFile:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return read_image_bytes(raw, str(path))
+
+
+def read_image_bytes(raw: bytes, name: str) -> ImageFile:
+    """Read a supported file from its bytes (``name`` names it in messages, and its ending tells
+    CIFAR-10 batches apart); raises DataError with a one-line reason otherwise."""
+    path = Path(name)
     if not raw:
         raise DataError(f"{path}: empty file")
     sha = hashlib.sha256(raw).hexdigest()
