@@ -10,6 +10,8 @@ The CLI is a thin shell over these functions::
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import tempfile
 import time
@@ -18,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .container import Container
+from .container import CODED, METHODS, Container
 from .errors import BBCodecError
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from . import tiling
-from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, ContextVAECodec, HierarchicalVAECodec,
+from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding, ContextVAECodec, HierarchicalVAECodec,
                           Segment, choose_scale_maps, decode_segments, encode_segments)
 from .zoo import embedded_models, load_model
 
@@ -91,7 +93,9 @@ class Layout:
         self.loaded, self.shape = loaded, tuple(shape)
         self.arch = loaded.config.get("arch")
         defaults = dict(loaded.meta.get("coding", {}))
-        self.params = CodingParams(**{**defaults, **(coding or {})})
+        merged = {**defaults, **(coding or {})}
+        check_coding(merged)
+        self.params = CodingParams(**merged)
         self.grey = self.arch == "hierarchical_vae" and len(self.shape) == 3
         self.levels = []
         if self.arch == "hierarchical_vae":
@@ -274,12 +278,16 @@ def _ticker(progress, total):
 def _encode_chunks(loaded, images, coding, chunk, progress):
     """Code ``images`` in independent chunks of about ``chunk`` coding units; returns
     (coding params, chunk bytes, units per chunk, stats per chunk)."""
-    layout = Layout(loaded, images.shape, coding)
+    try:
+        layout = Layout(loaded, images.shape, coding)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     chunks, counts, stats = layout.encode(images, chunk, progress)
     return layout.stored_params(), chunks, counts, stats
 
 
 def _decode_chunks(loaded, container: Container, progress):
+    check_compatible(loaded, torch.empty(container.shape, dtype=torch.uint8, device="meta"), container.pixels)
     coding = dict(container.coding)
     for key in ("plain_start", "stored_plan"):
         coding.setdefault(key, False)  # files written before the option existed
@@ -300,24 +308,101 @@ def _container_for(loaded, f: ImageFile, coding, chunk, progress):
     return box, stats
 
 
-def compress_images(images: torch.Tensor, model=None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK) -> bytes:
-    """Compress a uint8 tensor ``(N, H, W)`` or ``(N, 3, H, W)`` to ``.bbc`` bytes (kind ``raw``)."""
-    import hashlib
+MAX_PADDING = 4  # code with the model only if its tiles cover at most this many times the pixels
 
+
+def _padding_ratio(loaded, images: torch.Tensor, coding) -> float:
+    """Coded pixels (padding included) per image pixel, for tiled models; 1 otherwise."""
+    try:
+        layout = Layout(loaded, images.shape, coding)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not layout.levels:
+        return 1.0
+    coded = sum(lvl.tiles_in(piece) * piece.tile ** 2 for lvl in layout.levels[:1] for piece in lvl.pieces)
+    return coded / (images.shape[-1] * images.shape[-2])
+
+
+def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, coding, chunk, progress,
+                     fallback: bool = True):
+    """The smaller of the model's coding of ``f`` and the fallback that stores ``payload`` (the
+    restored bytes, zlib-compressed where that helps); returns ``(container, model name, note)``.
+    Images the model's tiles would mostly pad are stored without trying the model. With
+    ``fallback=False`` the model codes the data whatever the size."""
+    stored = Container.stored(f.kind, list(f.images.shape), payload_sha, payload)
+    if len(f.images) == 0:
+        return stored, None, "no images: stored with zlib"
+    loaded = choose_model(f.images, f.pixels, model)
+    if not fallback:
+        return _container_for(loaded, f, coding, chunk, progress)[0], loaded.name, None
+    if _padding_ratio(loaded, f.images, coding) > MAX_PADDING:
+        return stored, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are too small or narrow for "
+                              f"{loaded.name}'s tiles: stored with zlib")
+    box, _ = _container_for(loaded, f, coding, chunk, progress)
+    coded, fallback = len(box.to_bytes()), len(stored.to_bytes())
+    if coded <= fallback:
+        return box, loaded.name, None
+    return stored, None, (f"{loaded.name} codes this data in {coded:,} bytes, more than zlib's {fallback:,}: "
+                          "stored with zlib")
+
+
+def tensor_sha256(images: torch.Tensor) -> str:
+    """The data checksum of an in-memory tensor: its shape and bytes."""
+    h = hashlib.sha256(f"raw:{list(images.shape)}:".encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def compress_images(images: torch.Tensor, model=None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,
+                    fallback: bool = True) -> bytes:
+    """Compress a uint8 tensor ``(N, H, W)`` or ``(N, 3, H, W)`` to ``.bbc`` bytes (kind ``raw``):
+    coded by ``model`` (name, path or the default for the data), or stored with zlib where that is
+    smaller."""
     images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 3):
         raise UsageError("expected a uint8 tensor of shape (N, H, W) or (N, 3, H, W)")
-    f = ImageFile("raw", images.contiguous(), {}, b"", hashlib.sha256(images.numpy().tobytes()).hexdigest())
-    loaded = choose_model(images, f.pixels, model)
-    box, _ = _container_for(loaded, f, coding, chunk, None)
+    images = images.contiguous()
+    sha = tensor_sha256(images)
+    f = ImageFile("raw", images, {}, b"", sha)
+    box, _, _ = _coded_or_stored(f, images.numpy().tobytes(), sha, model, coding, chunk, None, fallback)
     return box.to_bytes()
 
 
-def decompress_images(data: bytes, model=None) -> torch.Tensor:
-    """Inverse of :func:`compress_images` (also returns the images of any ``.bbc`` file)."""
-    box = Container.from_bytes(data)
+def _stored_images(box: Container) -> torch.Tensor:
+    if box.kind == "raw":
+        import numpy as np
+
+        return torch.from_numpy(np.frombuffer(box.payload, dtype=np.uint8).copy()).reshape(box.shape)
+    return read_image_bytes(box.payload, "stored.bin" if box.kind == "cifar" else "stored").images
+
+
+def _restore(box: Container, model=None, progress=None) -> tuple[torch.Tensor, bytes | None]:
+    """Decode ``box`` and verify it against its data checksum: ``(images, restored file bytes)``
+    (``None`` for an in-memory tensor); raises unless both match what was compressed."""
+    mismatch = BBCodecError("decoded data does not match the checksum recorded at compression; output not written")
+    if box.method != CODED:
+        if hashlib.sha256(box.payload).hexdigest() != box.data_sha256 and not (
+                box.kind == "raw" and tensor_sha256(_stored_images(box)) == box.data_sha256):
+            raise mismatch
+        images = _stored_images(box)
+        return images, None if box.kind == "raw" else box.payload
     loaded = _model_for(box, model)
-    return _decode_chunks(loaded, box, None)
+    images = _decode_chunks(loaded, box, progress)
+    if box.kind == "raw":
+        legacy = box.version == 1 and hashlib.sha256(images.numpy().tobytes()).hexdigest() == box.data_sha256
+        if not legacy and tensor_sha256(images) != box.data_sha256:
+            raise mismatch
+        return images, None
+    restored = write_image_file(ImageFile(box.kind, images, box.restore, box.side_data))
+    if restored_sha(box.kind, restored) != box.data_sha256:
+        raise mismatch
+    return images, restored
+
+
+def decompress_images(data: bytes, model=None) -> torch.Tensor:
+    """Inverse of :func:`compress_images` (also returns the images of any ``.bbc`` file), verified
+    against the data checksum recorded at compression."""
+    return _restore(Container.from_bytes(data), model)[0]
 
 
 # ------------------------------------------------------------------------------ files
@@ -357,17 +442,22 @@ def _check_output(src: Path, dst: Path, force: bool) -> Path:
 
 
 def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEFAULT_CHUNK,
-                  coding: dict | None = None, progress=None) -> tuple[bytes, dict]:
+                  coding: dict | None = None, progress=None, fallback: bool = True) -> tuple[bytes, dict]:
     """Compress a supported file given as its bytes (``name`` names it in messages and tells CIFAR
-    batches apart by its ending); returns ``(.bbc bytes, summary)``."""
+    batches apart by its ending); returns ``(.bbc bytes, summary)``. Where the model would code
+    the data in more bytes than zlib, the file stores it with zlib instead, and ``summary["note"]``
+    says so in one line."""
     f = read_image_bytes(raw, name)
     check_restorable(f)
-    loaded = choose_model(f.images, f.pixels, model)
-    box, stats = _container_for(loaded, f, coding, chunk, progress)
+    box, model_name, note = _coded_or_stored(f, raw, hashlib.sha256(raw).hexdigest(), model, coding, chunk, progress,
+                                             fallback)
     data = box.to_bytes()
-    dims = f.images.numel()
-    return data, {"model": loaded.name, "images": len(f.images), "input_bytes": len(raw),
-                  "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims}
+    dims = max(1, f.images.numel())
+    summary = {"model": model_name or METHODS[box.method], "method": METHODS[box.method], "images": len(f.images),
+               "input_bytes": len(raw), "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims}
+    if note:
+        summary["note"] = note
+    return data, summary
 
 
 def _read_input(src: Path) -> bytes:
@@ -380,13 +470,13 @@ def _read_input(src: Path) -> bytes:
 
 
 def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAULT_CHUNK,
-             coding: dict | None = None, progress=None) -> dict:
+             coding: dict | None = None, progress=None, fallback: bool = True) -> dict:
     """Compress the file ``src`` to ``dst`` (default ``src + '.bbc'``); returns a summary."""
     src = Path(src)
     dst = _check_output(src, Path(dst) if dst is not None else src.with_name(src.name + ".bbc"), force)
     t0 = time.perf_counter()
     data, summary = compress_data(_read_input(src), str(src), model=model, chunk=chunk, coding=coding,
-                                  progress=progress)
+                                  progress=progress, fallback=fallback)
     _atomic_write(dst, data, force)
     return {"input": str(src), "output": str(dst), **summary, "seconds": time.perf_counter() - t0}
 
@@ -411,10 +501,8 @@ def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict
     """Restore the original file's bytes from ``.bbc`` bytes, verified against the checksum
     recorded at compression; returns ``(bytes, summary)``."""
     box = Container.from_bytes(data)
-    loaded = _model_for(box, model)
-    images = _decode_chunks(loaded, box, progress)
-    f = ImageFile(box.kind, images, box.restore, box.side_data)
-    if box.kind == "raw":
+    images, restored = _restore(box, model, progress)
+    if restored is None:  # an in-memory tensor: restored as .npy
         import io
 
         import numpy as np
@@ -422,11 +510,7 @@ def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict
         buf = io.BytesIO()
         np.save(buf, images.numpy())
         restored = buf.getvalue()
-    else:
-        restored = write_image_file(f)
-        if restored_sha(box.kind, restored) != box.data_sha256:
-            raise BBCodecError("decoded data does not match the checksum recorded at compression; output not written")
-    return restored, {"images": len(images), "kind": box.kind, "model": box.model_name}
+    return restored, {"images": len(images), "kind": box.kind, "model": box.model_name or METHODS[box.method]}
 
 
 def decompress(src, dst=None, force: bool = False, model=None, progress=None) -> dict:
@@ -446,15 +530,15 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
 
 def info(src) -> dict:
     """What a ``.bbc`` file holds."""
-    box = read_container(src)
-    dims = 1
-    for s in box.shape:
-        dims *= s
-    total = len(box.to_bytes())
-    return {"format_version": 1, "model": box.model_name, "model_sha256": box.model_sha256, "kind": box.kind,
-            "shape": box.shape, "pixels": box.pixels, "images": sum(box.chunk_images), "chunks": len(box.chunks),
-            "bytes": total, "bits_per_dim": 8 * total / dims, "data_sha256": box.data_sha256,
-            "coding": box.coding}
+    data = _read_input(Path(src))
+    box = Container.from_bytes(data)
+    dims = max(1, math.prod(box.shape))
+    out = {"format_version": box.version, "method": METHODS[box.method], "model": box.model_name or None,
+           "model_sha256": box.model_sha256 or None, "kind": box.kind, "shape": box.shape,
+           "pixels": box.pixels or None, "images": box.shape[0] if box.shape else None,
+           "chunks": len(box.chunks), "bytes": len(data), "bits_per_dim": 8 * len(data) / dims,
+           "data_sha256": box.data_sha256, "coding": box.coding}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def evaluate(src, model=None, limit: int | None = None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,

@@ -96,8 +96,10 @@ def _coding(**options):
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("-m", "--model", help="embedded model name or model path (default: chosen from the data)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
+@click.option("--fallback/--no-fallback", default=True,
+              help="store with zlib where the model would code the data in more bytes (default: on)")
 @_coding_options
-def compress(files, output, force, model, quiet, chunk, **coding):
+def compress(files, output, force, model, quiet, fallback, chunk, **coding):
     """Compress image datasets or images: IDX (gzipped or not), .npy, PNG, CIFAR-10 .bin[.gz].
 
     Inputs are never modified or deleted.
@@ -108,7 +110,8 @@ def compress(files, output, force, model, quiet, chunk, **coding):
         raise click.UsageError("-o/--output needs exactly one input file")
     for path in files:
         with _progress(quiet, f"compress {path}") as tick:
-            r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding), progress=tick)
+            r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding),
+                             progress=tick, fallback=fallback)
         if not quiet:
             click.echo(f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
                        f"{r['output_bytes']:,} bytes, {r['bits_per_dim']:.4f} bits/dim ({r['model']}, {r['seconds']:.1f} s)")

@@ -69,6 +69,43 @@ class CodingParams:
         return dict(self.__dict__)
 
 
+# The range of each coding parameter, checked alike for what users ask and what files say
+# (:func:`check_coding`): no value outside these can make planning loop or allocate without bound.
+CODING_LIMITS = {
+    "batch": (int, 1, 1 << 12), "lanes_per_image": (int, 1, 1 << 12), "initial_lanes": (int, 1, 1 << 16),
+    "bits_per_image": (float, 1e-3, 1e9), "pop_bits_per_image": (float, 0.0, 1e9),
+    "precision": (int, 16, 31), "pack": (int, 1, 15), "tile": (int, 0, 512), "pyramid": (int, 0, 1 << 31),
+    "plain_start": (bool,), "stored_plan": (bool,), "adapt": (bool,), "scale_shifts": (tuple,), "scale_slopes": (tuple,),
+}
+MAX_LANES = 1 << 22  # batch * lanes_per_image
+
+
+def check_coding(coding: dict) -> None:
+    """``ValueError`` naming the first unknown key or out-of-range value of ``coding``."""
+    for key, value in coding.items():
+        if key not in CODING_LIMITS:
+            raise ValueError(f"unknown coding parameter {key!r:.40} (known: {', '.join(CODING_LIMITS)})")
+        kind, *bounds = CODING_LIMITS[key]
+        if kind is bool:
+            ok = type(value) is bool
+        elif kind is tuple:
+            ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(
+                isinstance(level, (list, tuple)) and len(level) <= 64 for level in value)
+        elif kind is int:
+            ok = type(value) is int and bounds[0] <= value <= bounds[1]
+        else:
+            ok = type(value) in (int, float) and math.isfinite(value) and bounds[0] <= value <= bounds[1]
+        if not ok:
+            want = {bool: "true or false", tuple: "a list of per-level lists"}.get(
+                kind, f"{'an integer' if kind is int else 'a number'} from {bounds[0]} to {bounds[1]}")
+            raise ValueError(f"coding parameter {key} must be {want}, got {value!r:.40}")
+    tile = coding.get("tile", 0)
+    if tile % 4:
+        raise ValueError(f"coding parameter tile must be a multiple of 4, got {tile}")
+    if coding.get("batch", 1) * coding.get("lanes_per_image", 1) > MAX_LANES:
+        raise ValueError(f"batch times lanes_per_image must be at most {MAX_LANES}")
+
+
 SCALE_SHIFT_UNIT = 1 / 16  # scale shifts are multiples of this, in natural-log units
 SCALE_SHIFT_RANGE = (-16, 32)  # the shifts the encoder considers: e^-1 to e^2 times the scales
 SCALE_SLOPE_UNIT = 1 / 16  # log-scale slopes are 1 + multiples of this

@@ -109,7 +109,7 @@ def test_damaged_bbc_files_fail_cleanly(tmp_path, models, damage):
 
 def test_wrong_model_weights_and_missing_model(tmp_path, models):
     src = small_idx(tmp_path, 4)
-    run("compress", src, "-m", models["uint8"], "-q")
+    run("compress", src, "-m", models["uint8"], "-q", "--no-fallback")
     other = save_tiny(models["dir"] / "other", "uint8", seed=42)
     r = run("decompress", str(src) + ".bbc", "-o", tmp_path / "o.gz", "-m", other, ok=False)
     assert r.exit_code == 1 and "other weights" in r.output
@@ -137,7 +137,7 @@ def test_chunks_are_independent(tmp_path, models):
     from bbcodec.zoo import load_model
 
     src = small_idx(tmp_path, 11)
-    run("compress", src, "-m", models["uint8"], "--chunk", "4", "-q")
+    run("compress", src, "-m", models["uint8"], "--chunk", "4", "-q", "--no-fallback")
     box = Container.from_bytes(Path(str(src) + ".bbc").read_bytes())
     assert box.chunk_images == [4, 4, 3]
     loaded = load_model(models["uint8"])
@@ -151,7 +151,7 @@ def test_chunks_are_independent(tmp_path, models):
 
 def test_info_eval_models(tmp_path, models):
     src = small_idx(tmp_path, 16)
-    run("compress", src, "-m", models["uint8"], "-q")
+    run("compress", src, "-m", models["uint8"], "-q", "--no-fallback")
     info = json.loads(run("info", str(src) + ".bbc", "--json").output)
     assert info["images"] == 16 and info["kind"] == "idx" and info["model"] == "tiny8"
     rep = json.loads(run("eval", src, "-m", models["uint8"], "--json").output)

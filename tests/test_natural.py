@@ -125,12 +125,12 @@ def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
               "pop_bits_per_image": 300}
     layout = api.Layout(loaded, shape, coding)
     assert len(layout.levels) == (1 if min(shape[-2:]) < 16 else 2)
-    data = api.compress_images(x, colour_model, coding=coding)
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
     box = api.Container.from_bytes(data)
     assert box.coding["pyramid"] == 16 and box.coding["tile"] == 16
     assert torch.equal(api.decompress_images(data, colour_model), x)
     # several chunks of whole images
-    data = api.compress_images(x, colour_model, coding=coding, chunk=1)
+    data = api.compress_images(x, colour_model, coding=coding, chunk=1, fallback=False)
     expect = shape[0] if len(layout.levels) > 1 else layout.unit_count()  # whole images / any units
     assert len(api.Container.from_bytes(data).chunks) == expect
     assert torch.equal(api.decompress_images(data, colour_model), x)
@@ -142,13 +142,13 @@ def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
 def test_files_from_before_the_pyramid_still_decode(colour_model):
     """A file whose coding list lacks ``pyramid`` (written before it existed) decodes as unsplit."""
     x = torch.randint(0, 256, (1, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
-    data = api.compress_images(x, colour_model)
+    data = api.compress_images(x, colour_model, fallback=False)
     box = api.Container.from_bytes(data)
     assert box.coding["pyramid"] == 0
     del box.coding["pyramid"]
     assert torch.equal(api.decompress_images(box.to_bytes(), colour_model), x)
     # a split file whose header lost the flag cannot decode as if unsplit: a clear error
-    split = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"pyramid": 16}))
+    split = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"pyramid": 16}, fallback=False))
     del split.coding["pyramid"]
     with pytest.raises(api.BBCodecError):
         api.decompress_images(split.to_bytes(), colour_model)
@@ -158,7 +158,7 @@ def test_cli_pyramid_and_tile_options(tmp_path, colour_model):
     arr = np.random.default_rng(8).integers(0, 256, (40, 36, 3), dtype=np.uint8)
     src = tmp_path / "p.png"
     Image.fromarray(arr, "RGB").save(src)
-    run("compress", src, "-m", colour_model, "-q", "--pyramid", "16", "--tile", "16")
+    run("compress", src, "-m", colour_model, "-q", "--no-fallback", "--pyramid", "16", "--tile", "16")
     info = json.loads(run("info", str(src) + ".bbc", "--json").output)
     assert info["coding"]["pyramid"] == 16 and info["coding"]["tile"] == 16
     run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q")
@@ -179,7 +179,7 @@ def test_adapted_scale_maps_roundtrip_and_are_stored(colour_model):
 
     x = smooth_images(2, 29, 45, 1)
     coding = {"pyramid": 16, "tile": 16, "adapt": True}
-    data = api.compress_images(x, colour_model, coding=coding)
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
     stored = api.Container.from_bytes(data).coding
     shifts, slopes = stored["scale_shifts"], stored["scale_slopes"]
     loaded = load_model(colour_model)
@@ -192,7 +192,7 @@ def test_adapted_scale_maps_roundtrip_and_are_stored(colour_model):
     plain = api.Layout(loaded, x.shape, {**coding, "adapt": False}).negative_elbo(x)["bits"]
     assert adapted < plain
     # without adapt nothing is stored, and such files decode as before
-    data = api.compress_images(x, colour_model, coding={**coding, "adapt": False})
+    data = api.compress_images(x, colour_model, coding={**coding, "adapt": False}, fallback=False)
     assert "scale_shifts" not in api.Container.from_bytes(data).coding or not api.Container.from_bytes(data).coding["scale_shifts"]
     assert torch.equal(api.decompress_images(data, colour_model), x)
 
@@ -206,7 +206,7 @@ def test_explicit_scale_maps_roundtrip(colour_model, grey):
     x = x[:, 0].contiguous() if grey else x
     shifts = [[(7 * s) % 49 - 16 for s in range(steps)]]
     slopes = [[(5 * s) % 13 - 8 for s in range(steps)]]
-    data = api.compress_images(x, colour_model, coding={"scale_shifts": shifts, "scale_slopes": slopes, "adapt": True})
+    data = api.compress_images(x, colour_model, coding={"scale_shifts": shifts, "scale_slopes": slopes, "adapt": True}, fallback=False)
     coding = api.Container.from_bytes(data).coding
     assert coding["scale_shifts"] == shifts and coding["scale_slopes"] == slopes  # given maps are kept
     assert torch.equal(api.decompress_images(data, colour_model), x)
@@ -214,7 +214,7 @@ def test_explicit_scale_maps_roundtrip(colour_model, grey):
 
 def test_bad_scale_maps_in_a_header_are_a_clear_error(colour_model):
     x = smooth_images(1, 20, 20, 3)
-    box = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"adapt": True}))
+    box = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"adapt": True}, fallback=False))
     for key in ("scale_shifts", "scale_slopes"):
         good = box.coding[key]
         for bad in ([[0] * 3], [[0] * 15, [0] * 15], [[99] * 15], [["a"] * 15], [[0.5] * 15]):
@@ -270,7 +270,7 @@ def test_cli_adapt_option(tmp_path, colour_model):
     src = tmp_path / "p.png"
     Image.fromarray(arr, "RGB").save(src)
     for flag, stored in (("--adapt", True), ("--no-adapt", False)):
-        run("compress", src, "-m", colour_model, "-q", "-f", flag)
+        run("compress", src, "-m", colour_model, "-q", "--no-fallback", "-f", flag)
         info = json.loads(run("info", str(src) + ".bbc", "--json").output)
         assert bool(info["coding"].get("scale_shifts")) == stored
         run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q", "-f")
