@@ -13,7 +13,9 @@ colour.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +33,22 @@ class DataError(BBCodecError, ValueError):
 
 
 def read_maybe_gzip(path: Path) -> bytes:
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
     return raw
 
 
 def parse_idx(data: bytes, name: str = "IDX") -> np.ndarray:
-    """Parse IDX bytes to an array (any IDX dtype and rank); raises :class:`DataError`."""
+    """Parse IDX bytes to an array (any IDX dtype and rank); raises :class:`DataError`. The header's
+    sizes are checked against the body (with Python integers, so that no product of dimensions
+    overflows) before anything is allocated."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise DataError(f"{name}: not an IDX file (bad magic)")
     ndim = data[3]
@@ -49,11 +56,12 @@ def parse_idx(data: bytes, name: str = "IDX") -> np.ndarray:
         raise DataError(f"{name}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
     dtype = np.dtype(IDX_DTYPES[data[2]])
-    count = int(np.prod(dims)) if ndim else 1
-    body = data[4 + 4 * ndim:]
-    if len(body) != count * dtype.itemsize:
-        raise DataError(f"{name}: IDX body has {len(body)} bytes, header says {count * dtype.itemsize}")
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
+    expected = math.prod(dims) * dtype.itemsize
+    body = len(data) - 4 - 4 * ndim
+    if body != expected:
+        shape = "x".join(map(str, dims)) or "a scalar"
+        raise DataError(f"{name}: IDX body has {body} bytes, header says {expected} ({shape} of {dtype.itemsize}-byte values)")
+    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
 
 
 def parse_cifar(data: bytes, name: str = "CIFAR-10") -> tuple[np.ndarray, np.ndarray]:
@@ -86,13 +94,15 @@ def _load_one(path: Path) -> np.ndarray:
     if path.is_dir():
         return _load_png_folder(path)
     if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        arr = _load_npy(path)
         if arr.dtype != np.uint8:
             raise DataError(f"{path}: expected a uint8 array, got {arr.dtype}")
-        if arr.ndim == 4 and arr.shape[-1] == 3:
-            arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
-        if arr.ndim not in (3, 4):
+        if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
             raise DataError(f"{path}: expected (N, H, W) or (N, H, W, 3), got {arr.shape}")
+        if arr.size == 0:
+            raise DataError(f"{path}: holds no images (shape {arr.shape})")
+        if arr.ndim == 4:
+            return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
         return arr
     if path.suffix.lower() == ".png":
         return _load_png_files([path])
@@ -101,7 +111,30 @@ def _load_one(path: Path) -> np.ndarray:
     arr = parse_idx(read_maybe_gzip(path), str(path))
     if arr.dtype != np.uint8 or arr.ndim != 3:
         raise DataError(f"{path}: expected a uint8 IDX array of rank 3, got {arr.dtype} rank {arr.ndim}")
+    if arr.size == 0:
+        raise DataError(f"{path}: holds no images (IDX dimensions {'x'.join(map(str, arr.shape))})")
     return arr
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """``np.load``, after checking that the header's shape fits the file (so that an absurd shape
+    is an error, not an allocation)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = read_header(fh)
+            body = path.stat().st_size - fh.tell()
+        if any(type(d) is not int or d < 0 for d in shape):
+            raise ValueError(f"bad shape {shape}")
+        if body != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"data has {body} bytes, its shape {shape} needs {math.prod(shape) * dtype.itemsize}")
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, MemoryError) as exc:
+        raise DataError(f"{path}: cannot read as .npy ({exc})".replace("\n", " ")) from exc
 
 
 def _load_png_files(files) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import DataError, parse_cifar, parse_idx
+from .datasets import DataError, is_cifar_name, parse_cifar, parse_idx
 
 
 @dataclass
@@ -72,9 +73,34 @@ def gzip_rebuild(header: bytes, data: bytes, level: int, mem: int) -> bytes:
     return header + _deflate(data, level, mem) + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
 
 
-def unwrap_gzip(raw: bytes, name: str) -> tuple[bytes, dict | None]:
+GZIP_PIECE = 1 << 16  # bytes fed to a candidate deflater at a time when checking it
+
+
+def _deflate_matches(stream: memoryview, data: bytes, level: int, mem: int) -> bool:
+    """Whether deflating ``data`` with these settings gives exactly ``stream``. The candidate is
+    fed ``data`` piece by piece and dropped at its first byte that differs from ``stream``: what
+    ``compress()`` has returned is final (``flush()`` only appends), so it must be a prefix."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -15, mem)
+    view = memoryview(data)
+    pos = 0
+    for start in range(0, len(data), GZIP_PIECE):
+        out = c.compress(view[start: start + GZIP_PIECE])
+        if out:
+            if len(out) > len(stream) - pos or stream[pos: pos + len(out)] != out:
+                return False
+            pos += len(out)
+    out = c.flush()
+    return len(out) == len(stream) - pos and stream[pos:] == out
+
+
+GUNZIPPED_HINT = "pass --gunzipped to code the data inside and restore it as the plain (gunzipped) file"
+
+
+def unwrap_gzip(raw: bytes, name: str, gunzipped: bool = False) -> tuple[bytes, dict | None]:
     """Return (content, gzip restore info or None). Raises DataError when the gzip file cannot be
-    reproduced byte for byte."""
+    reproduced byte for byte, unless ``gunzipped``: then the content comes back with ``None``, to be
+    restored as the plain file. The check costs one deflate of the content (plus a little for each
+    wrong setting tried, which is dropped at its first differing byte)."""
     if raw[:2] != b"\x1f\x8b":
         return raw, None
     import gzip
@@ -82,14 +108,19 @@ def unwrap_gzip(raw: bytes, name: str) -> tuple[bytes, dict | None]:
     try:
         data = gzip.decompress(raw)
         end = _gzip_header_end(raw)
-    except (OSError, EOFError, ValueError, IndexError, struct.error) as exc:
+    except (OSError, EOFError, ValueError, IndexError, struct.error, zlib.error) as exc:
         raise DataError(f"{name}: corrupt gzip data ({exc})") from exc
     header = raw[:end]
-    for level, mem in _GZIP_TRIES:
-        if len(raw) - end - 8 > 0 and gzip_rebuild(header, data, level, mem) == raw:
-            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
+    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+    if len(raw) - end - 8 > 0 and raw[-8:] == trailer:  # else not one member: no single deflate stream
+        stream = memoryview(raw)[end: len(raw) - 8]
+        for level, mem in _GZIP_TRIES:
+            if _deflate_matches(stream, data, level, mem):
+                return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
+    if gunzipped:
+        return data, None
     raise DataError(f"{name}: this gzip file was not made by zlib, so it cannot be restored byte for "
-                    "byte; gunzip it and compress the plain file")
+                    f"byte; gunzip it first, or {GUNZIPPED_HINT}")
 
 
 def wrap_gzip(data: bytes, info: dict | None) -> bytes:
@@ -111,33 +142,122 @@ def read_image_file(path: Path) -> ImageFile:
     return read_image_bytes(raw, str(path))
 
 
-def read_image_bytes(raw: bytes, name: str) -> ImageFile:
-    """Read a supported file from its bytes (``name`` names it in messages, and its ending tells
-    CIFAR-10 batches apart); raises DataError with a one-line reason otherwise."""
+KINDS = ("idx", "npy", "cifar", "png", "pnm")
+_KIND_NAMES = {"idx": "an IDX file", "npy": "a .npy file", "cifar": "a CIFAR-10 batch", "png": "a PNG image",
+               "pnm": "a binary PPM/PGM image"}
+
+
+def _magic_kind(raw: bytes) -> str | None:
+    """The kind told by the file's first bytes, for the kinds that have a magic number."""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if raw[:2] in (b"P5", b"P6") and raw[2:3].isspace():
+        return "pnm"
+    if raw[:6] == b"\x93NUMPY":
+        return "npy"
+    return None
+
+
+def looks_like_cifar(content: bytes) -> bool:
+    """Whether ``content`` could be CIFAR-10 records: a whole number of 3073-byte records whose
+    label bytes are all below 10. (CIFAR has no magic number, so this is a guess.)"""
+    from .datasets import CIFAR_RECORD
+
+    return bool(content) and len(content) % CIFAR_RECORD == 0 and max(content[::CIFAR_RECORD]) < 10
+
+
+def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: bool = False) -> ImageFile:
+    """Read a supported file from its bytes; raises DataError with a one-line reason otherwise.
+
+    ``name`` names it in messages. ``kind`` (one of :data:`KINDS`) says what the data is; by
+    default it is told by the content: PNG, PNM and .npy by their magic numbers, inside any gzip
+    wrapper an IDX header, and CIFAR-10 by the file name's ending (``.bin``, ``.bin.gz``) or, for
+    data that is not a valid IDX file, by a length that is a whole number of records with labels
+    below 10. ``gunzipped``: a gzip file that zlib cannot reproduce is read as its content (to be
+    restored as the plain file) instead of being refused."""
     path = Path(name)
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"{path}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
     if not raw:
         raise DataError(f"{path}: empty file")
     sha = hashlib.sha256(raw).hexdigest()
-    if raw[:8] == b"\x89PNG\r\n\x1a\n":
-        return _read_png(raw, path)
-    if raw[:2] in (b"P5", b"P6") and raw[2:3].isspace():
+    magic = _magic_kind(raw)
+    if kind in ("png", "pnm", "npy") or (kind is None and magic is not None):
+        want = kind or magic
+        if magic != want:
+            raise DataError(f"{path}: not {_KIND_NAMES[want]}")
+        if want == "npy":
+            return _read_npy(raw, path, sha)
         f = _read_png(raw, path)
-        f.kind = "pnm"
+        f.kind = want
         return f
-    if raw[:6] == b"\x93NUMPY":
-        return _read_npy(raw, path, sha)
-    content, gz = unwrap_gzip(raw, str(path))
-    name = path.name.lower()
-    if name.endswith(".bin") or name.endswith(".bin.gz"):
+    content, gz = unwrap_gzip(raw, str(path), gunzipped)
+    if gz is None and content is not raw:  # --gunzipped: the plain content is what comes back
+        sha = hashlib.sha256(content).hexdigest()
+    if not content:
+        raise DataError(f"{path}: holds no images")
+    arr = None
+    if kind is None:
+        kind, arr = _content_kind(content, path)
+    if kind == "cifar":
         labels, images = parse_cifar(content, str(path))
         return ImageFile("cifar", torch.from_numpy(images), {"gzip": gz}, labels.tobytes(), sha,
                          hashlib.sha256(content).hexdigest())
-    if len(content) >= 4 and content[0] == 0 and content[1] == 0:
+    if arr is None:
         arr = parse_idx(content, str(path))
-        if arr.dtype != np.uint8 or arr.ndim != 3:
-            raise DataError(f"{path}: only uint8 IDX image files of rank 3 are supported (got {arr.dtype}, rank {arr.ndim})")
-        return ImageFile("idx", torch.from_numpy(arr.copy()), {"gzip": gz}, b"", sha, hashlib.sha256(content).hexdigest())
-    raise DataError(f"{path}: unsupported file type (expected IDX, .npy, PNG or CIFAR-10 .bin)")
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise DataError(f"{path}: only uint8 IDX image files of rank 3 are supported (got {arr.dtype}, rank {arr.ndim})")
+    if 0 in arr.shape:
+        raise DataError(f"{path}: holds no images (IDX dimensions {'x'.join(map(str, arr.shape))})")
+    return ImageFile("idx", torch.from_numpy(arr.copy()), {"gzip": gz}, b"", sha, hashlib.sha256(content).hexdigest())
+
+
+def _content_kind(content: bytes, path: Path):
+    """``(kind, parsed IDX array or None)`` for content with no magic number (see
+    :func:`read_image_bytes`)."""
+    if is_cifar_name(path):
+        return "cifar", None
+    idx_error = None
+    if len(content) >= 4 and content[0] == 0 and content[1] == 0:
+        try:
+            return "idx", parse_idx(content, str(path))
+        except DataError as exc:
+            idx_error = exc
+    if looks_like_cifar(content):
+        return "cifar", None
+    if idx_error is not None:
+        raise idx_error
+    raise DataError(f"{path}: unsupported file type (expected IDX, .npy, PNG, PPM/PGM or CIFAR-10 .bin; "
+                    "--kind says which)")
+
+
+def count_images(raw: bytes, name: str = "", kind: str | None = None) -> int | None:
+    """The number of images in a supported file, read cheaply from its header (or its size), or
+    None when that is not easy to tell. A hint only (for progress bars): never raises."""
+    try:
+        magic = _magic_kind(raw)
+        if kind in ("png", "pnm") or (kind is None and magic in ("png", "pnm")):
+            return 1
+        if magic == "npy":
+            buf = io.BytesIO(raw)
+            version = np.lib.format.read_magic(buf)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return int(read(buf)[0][0])
+        if raw[:2] == b"\x1f\x8b":
+            head = zlib.decompressobj(31).decompress(raw[:1 << 16], 16)
+            size = struct.unpack("<I", raw[-4:])[0]
+        else:
+            head, size = raw[:16], len(raw)
+        from .datasets import CIFAR_RECORD
+
+        cifar = kind == "cifar" or is_cifar_name(Path(name))
+        if not cifar and kind != "cifar" and len(head) >= 8 and head[:2] == b"\0\0" and head[3] >= 1:
+            return struct.unpack(">I", head[4:8])[0]
+        if size % CIFAR_RECORD == 0:
+            return size // CIFAR_RECORD
+    except Exception:  # noqa: BLE001 - a hint, never an error
+        return None
+    return None
 
 
 def _read_npy(raw: bytes, path: Path, sha: str) -> ImageFile:
@@ -149,18 +269,20 @@ def _read_npy(raw: bytes, path: Path, sha: str) -> ImageFile:
         if read_header is None:
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = read_header(buf)
-    except (ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: corrupt .npy header ({exc})") from exc
+    except (ValueError, SyntaxError, TypeError, KeyError, OverflowError, MemoryError, RecursionError) as exc:
+        raise DataError(f"{path}: corrupt .npy header ({type(exc).__name__}: {exc})".replace("\n", " ")) from exc
     offset = buf.tell()
     if dtype != np.uint8:
         raise DataError(f"{path}: expected a uint8 array, got {dtype}")
-    if len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3):
-        pass
-    else:
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3)):
         raise DataError(f"{path}: expected shape (N, H, W) or (N, H, W, 3), got {shape}")
-    count = int(np.prod(shape))
+    if any(type(d) is not int or d < 0 for d in shape):
+        raise DataError(f"{path}: corrupt .npy header (shape {shape})")
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header says
     if len(raw) - offset != count:
-        raise DataError(f"{path}: .npy data has {len(raw) - offset} bytes, expected {count}")
+        raise DataError(f"{path}: .npy data has {len(raw) - offset} bytes, its shape {shape} needs {count}")
+    if count == 0:
+        raise DataError(f"{path}: holds no images (shape {shape})")
     arr = np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape, order="F" if fortran else "C")
     if arr.ndim == 4:
         arr = arr.transpose(0, 3, 1, 2)
