@@ -406,48 +406,18 @@ def decompress_images(data: bytes, model=None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ files
-def _atomic_write(path: Path, data: bytes, force: bool) -> None:
-    path = Path(path)
-    if path.exists() and not force:
-        raise UsageError(f"{path}: already exists (use -f to overwrite)")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a directory")
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _check_output(src: Path, dst: Path, force: bool) -> Path:
-    """Refuse an output that is the input, or that exists without ``force``."""
-    try:
-        same = src.resolve() == dst.resolve()
-    except OSError:
-        same = False
-    if same:
-        raise UsageError(f"{dst}: output would overwrite the input")
-    if dst.exists() and not force:
-        raise UsageError(f"{dst}: already exists (use -f to overwrite)")
-    return dst
+from .fileio import (STDIO, atomic_write as _atomic_write, check_output as _check_output,  # noqa: E402
+                     display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 
 
 def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEFAULT_CHUNK,
-                  coding: dict | None = None, progress=None, fallback: bool = True) -> tuple[bytes, dict]:
+                  coding: dict | None = None, progress=None, fallback: bool = True,
+                  kind: str | None = None, gunzipped: bool = False) -> tuple[bytes, dict]:
     """Compress a supported file given as its bytes (``name`` names it in messages and tells CIFAR
     batches apart by its ending); returns ``(.bbc bytes, summary)``. Where the model would code
     the data in more bytes than zlib, the file stores it with zlib instead, and ``summary["note"]``
     says so in one line."""
-    f = read_image_bytes(raw, name)
+    f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped)
     check_restorable(f)
     box, model_name, note = _coded_or_stored(f, raw, hashlib.sha256(raw).hexdigest(), model, coding, chunk, progress,
                                              fallback)
@@ -460,25 +430,44 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     return data, summary
 
 
-def _read_input(src: Path) -> bytes:
-    if src.is_dir():
-        raise UsageError(f"{src}: is a directory")
-    try:
-        return src.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{src}: cannot read ({exc.strerror or exc})") from exc
-
-
 def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAULT_CHUNK,
-             coding: dict | None = None, progress=None, fallback: bool = True) -> dict:
-    """Compress the file ``src`` to ``dst`` (default ``src + '.bbc'``); returns a summary."""
-    src = Path(src)
-    dst = _check_output(src, Path(dst) if dst is not None else src.with_name(src.name + ".bbc"), force)
+             coding: dict | None = None, progress=None, kind: str | None = None, gunzipped: bool = False,
+             fallback: bool = True) -> dict:
+    """Compress the file ``src`` to ``dst``; returns a summary. ``"-"`` is standard input as ``src``
+    and standard output as ``dst``; ``dst`` defaults to ``src + '.bbc'`` (standard output when
+    ``src`` is standard input). Outputs are written as :mod:`bbcodec.fileio` describes (never a
+    partial file; symlinks and devices are written through), with the input's permission bits.
+    ``kind``: see :func:`bbcodec.formats.read_image_bytes`. ``gunzipped``: a gzip file that zlib
+    cannot reproduce is coded as the data inside it (and restored as that plain file; the default
+    output name then drops ``.gz``: ``x.gz`` -> ``x.bbc``) instead of being refused."""
+    from .formats import count_images, unwrap_gzip
+
     t0 = time.perf_counter()
-    data, summary = compress_data(_read_input(src), str(src), model=model, chunk=chunk, coding=coding,
-                                  progress=progress, fallback=fallback)
-    _atomic_write(dst, data, force)
-    return {"input": str(src), "output": str(dst), **summary, "seconds": time.perf_counter() - t0}
+    name = display_name(src)
+    default = dst is None
+    if default:
+        dst = STDIO if is_stdio(src) else Path(src).with_name(Path(src).name + ".bbc")
+    if not (gunzipped and default):
+        dst = _check_output(src, dst, force)  # before any work
+    raw = original = _read_input(src)
+    note = None
+    if gunzipped and raw[:2] == b"\x1f\x8b":
+        content, info = unwrap_gzip(raw, name, gunzipped=True)
+        if info is None:  # zlib cannot reproduce it: code the plain content, which comes back
+            raw = content
+            note = "zlib cannot reproduce this gzip file: coded the data inside; decompression restores it gunzipped"
+            if default and not is_stdio(src) and Path(src).suffix.lower() == ".gz":
+                dst = Path(src).with_suffix(".bbc")
+    if gunzipped and default:
+        dst = _check_output(src, dst, force)
+    hint_images(progress, count_images(raw, name, kind) if progress is not None else None)
+    data, summary = compress_data(raw, name, model=model, chunk=chunk, coding=coding, progress=progress,
+                                  kind=kind, gunzipped=gunzipped, fallback=fallback)
+    write_output(dst, data, force, mode=input_mode(src))
+    if note:
+        summary = {**summary, "input_bytes": len(original),
+                   "note": f"{note}; {summary['note']}" if summary.get("note") else note}
+    return {"input": name, "output": display_name(dst, output=True), **summary, "seconds": time.perf_counter() - t0}
 
 
 def _model_for(box: Container, model=None):
@@ -494,7 +483,8 @@ def _model_for(box: Container, model=None):
 
 
 def read_container(src) -> Container:
-    return Container.from_bytes(_read_input(Path(src)))
+    """The container in ``src`` (``"-"``: standard input)."""
+    return Container.from_bytes(_read_input(src))
 
 
 def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict]:
@@ -514,18 +504,29 @@ def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict
 
 
 def decompress(src, dst=None, force: bool = False, model=None, progress=None) -> dict:
-    """Decompress ``src`` (a ``.bbc`` file) to ``dst`` (default: ``src`` without ``.bbc``), verifying
-    the restored data against the checksum recorded at compression."""
-    src = Path(src)
+    """Decompress ``src`` (a ``.bbc`` file; ``"-"``: standard input) to ``dst`` (default: ``src``
+    without ``.bbc``; standard output for standard input, or when ``dst`` is ``"-"``), verifying
+    the restored data against the checksum recorded at compression. Written as :func:`compress`
+    writes, with the ``.bbc`` file's permission bits."""
     if dst is None:
-        if src.suffix != ".bbc":
-            raise UsageError(f"{src}: does not end in .bbc; give the output name with -o")
-        dst = src.with_suffix("")
-    dst = _check_output(src, Path(dst), force)
+        if is_stdio(src):
+            dst = STDIO
+        else:
+            if Path(src).suffix != ".bbc":
+                raise UsageError(f"{src}: does not end in .bbc; give the output name with -o")
+            dst = Path(src).with_suffix("")
+    dst = _check_output(src, dst, force)
     t0 = time.perf_counter()
-    restored, summary = decompress_data(_read_input(src), model=model, progress=progress)
-    _atomic_write(dst, restored, force)
-    return {"input": str(src), "output": str(dst), **summary, "seconds": time.perf_counter() - t0}
+    data = _read_input(src)
+    if progress is not None and hasattr(progress, "images"):
+        try:
+            hint_images(progress, Container.from_bytes(data).shape[0])
+        except (BBCodecError, IndexError, TypeError, AttributeError):
+            pass  # decompress_data says what is wrong
+    restored, summary = decompress_data(data, model=model, progress=progress)
+    write_output(dst, restored, force, mode=input_mode(src))
+    return {"input": display_name(src), "output": display_name(dst, output=True), **summary,
+            "seconds": time.perf_counter() - t0}
 
 
 def info(src) -> dict:
