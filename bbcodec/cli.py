@@ -1,7 +1,12 @@
 """Command-line interface: a thin shell over :mod:`bbcodec.api`.
 
 Every failure the user can cause ends with one line on stderr and a non-zero exit status (1 for
-bad input or refused requests, 2 for bad usage); ``-v`` adds the traceback of unexpected errors.
+bad input or refused requests, 2 for bad usage, 130 for Ctrl-C); ``-v`` adds the traceback of
+unexpected errors. With several input files, each failure is reported and the rest are still
+processed; the exit status is then 1 if any failed (as gzip does).
+
+Start-up stays fast: this module imports only click and the standard library; torch, numpy and
+the codec are imported by the commands that need them.
 """
 
 from __future__ import annotations
@@ -12,14 +17,51 @@ import traceback
 from contextlib import contextmanager
 
 import click
-import torch
 
 from .errors import BBCodecError
 
 _VERBOSE = False
+KINDS = ("idx", "npy", "cifar", "png", "pnm")  # as bbcodec.formats.KINDS (not imported: it needs numpy)
+INTERRUPTED = 130
+
+
+def _interrupted():
+    click.echo("bbcodec: interrupted", err=True)
+    sys.exit(INTERRUPTED)
+
+
+def _internal_error(exc: BaseException) -> None:
+    if _VERBOSE:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    click.echo(f"bbcodec: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
 
 
 class _Group(click.Group):
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Click's ``main``, with Ctrl-C anywhere (argument parsing, imports, coding, writing)
+        one line and exit status 130 instead of a traceback or click's "Aborted!"."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+                _interrupted()
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -29,15 +71,12 @@ class _Group(click.Group):
             click.echo(f"bbcodec: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("bbcodec: interrupted", err=True)
-            sys.exit(130)
+            _interrupted()
         except MemoryError:
             click.echo("bbcodec: error: out of memory (try a smaller --chunk)", err=True)
             sys.exit(1)
         except Exception as exc:  # an internal error must still not spill a traceback by default
-            if _VERBOSE:
-                traceback.print_exc()
-            click.echo(f"bbcodec: internal error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
+            _internal_error(exc)
             sys.exit(3)
 
 
@@ -45,31 +84,58 @@ class _Group(click.Group):
 @click.version_option(package_name="bbcodec")
 @click.option("-v", "--verbose", is_flag=True, help="more detail, and tracebacks of internal errors")
 def main(verbose):
-    """bbcodec: lossless compression by bits-back coding with VAEs."""
+    """bbcodec: lossless compression by bits-back coding with VAEs.
+
+    FILE "-" is standard input (output then goes to standard output); -c writes to standard output.
+    """
     global _VERBOSE
     _VERBOSE = verbose
 
 
+cli = main  # the click group; `main` is also the console entry point (see _Group.main)
+
+
+class _Progress:
+    """A ``progress(n, total)`` callback drawing a tqdm bar, created on the first call. It counts
+    coding units: images, or tiles for tiled models; the API sets ``images`` (when it can tell the
+    file's image count) so that the bar can say which. With several phases (``eval``: encode, then
+    decode), a new bar starts when a full one gets more."""
+
+    def __init__(self, descs, images=None):
+        self.descs, self.images, self.bar = list(descs), images, None
+        self.desc = self.unit = None
+        self.done = self.total = 0
+
+    def __call__(self, n, total):
+        from tqdm import tqdm
+
+        if self.bar is not None and self.total and self.done >= self.total and len(self.descs) > 1:
+            self.close()
+            self.descs.pop(0)
+        if self.bar is None:
+            self.unit = "units" if not self.images else ("image" if total == self.images else "tile")
+            self.desc, self.done, self.total = self.descs[0], 0, total
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, leave=False, dynamic_ncols=True, disable=None)
+        self.done += n
+        self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 @contextmanager
-def _progress(quiet, desc):
-    """A ``progress(n, total)`` callback drawing a tqdm bar (created on the first call), or None."""
+def _progress(quiet, *descs, images=None):
+    """A :class:`_Progress` callback (closed at the end), or None when ``quiet``."""
     if quiet:
         yield None
         return
-    from tqdm import tqdm
-
-    bars = []
-
-    def tick(n, total):
-        if not bars:
-            bars.append(tqdm(total=total, desc=desc, unit="unit", leave=False, dynamic_ncols=True, disable=None))
-        bars[0].update(n)
-
+    tick = _Progress(descs, images)
     try:
         yield tick
     finally:
-        for bar in bars:
-            bar.close()
+        tick.close()
 
 
 def _coding_options(f):
@@ -90,50 +156,107 @@ def _coding(**options):
     return {k: v for k, v in options.items() if v is not None} or None
 
 
+def _output(files, output, to_stdout):
+    """The one output for all ``files`` (``-o``, or ``-`` for ``-c``), or None: each its default."""
+    if to_stdout:
+        if output is not None and output != "-":
+            raise click.UsageError("-c/--stdout and -o/--output name two outputs; give one")
+        output = "-"
+    if output is not None and len(files) > 1:
+        raise click.UsageError("-o/--output and -c/--stdout need exactly one input file")
+    if sum(1 for f in files if f == "-") > 1:
+        raise click.UsageError("standard input (-) can be read only once")
+    return output
+
+
+def _name(path) -> str:
+    return "<stdin>" if path == "-" else str(path)
+
+
+def _each_file(files, quiet, verb, work, line):
+    """Run ``work(path, progress)`` for every file; print each result's ``line`` (on stderr when the
+    data went to standard output) and ``note``, or its one-line error naming the file, and carry on.
+    Exits with the worst status at the end (1 if any failed; 3 for an internal error)."""
+    status = 0
+    for path in files:
+        name = _name(path)
+        try:
+            with _progress(quiet, f"{verb} {name}") as tick:
+                r = work(path, tick)
+        except BBCodecError as exc:
+            msg = str(exc)
+            click.echo(f"bbcodec: error: {msg if name in msg else f'{name}: {msg}'}", err=True)
+            status = max(status, 1)
+            continue
+        except MemoryError:
+            click.echo(f"bbcodec: error: {name}: out of memory (try a smaller --chunk)", err=True)
+            status = max(status, 1)
+            continue
+        except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported like the group reports it, then the next file
+            _internal_error(exc)
+            status = max(status, 3)
+            continue
+        if not quiet:
+            if r.get("note"):
+                click.echo(f"bbcodec: {r['input']}: {r['note']}", err=True)
+            click.echo(line(r), err=r["output"] == "<stdout>")
+    if status:
+        sys.exit(status)
+
+
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="output file (one input only); default FILE.bbc")
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True), help="output file (one input only; - : standard output); default FILE.bbc")
+@click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write to standard output (one input only)")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("-m", "--model", help="embedded model name or model path (default: chosen from the data)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
+@click.option("--kind", type=click.Choice(KINDS), help="what the data is (default: told by its content; CIFAR-10 batches by a .bin name)")
+@click.option("--gunzipped", is_flag=True,
+              help="a gzip file that zlib cannot reproduce: code the data inside, restored as the plain (gunzipped) file")
 @click.option("--fallback/--no-fallback", default=True,
               help="store with zlib where the model would code the data in more bytes (default: on)")
 @_coding_options
-def compress(files, output, force, model, quiet, fallback, chunk, **coding):
-    """Compress image datasets or images: IDX (gzipped or not), .npy, PNG, CIFAR-10 .bin[.gz].
+def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fallback, chunk, **coding):
+    """Compress image datasets or images: IDX (gzipped or not), .npy, PNG, PPM/PGM, CIFAR-10 .bin[.gz].
 
-    Inputs are never modified or deleted.
+    FILE "-" reads standard input and writes standard output. Inputs are never modified or deleted.
     """
+    output = _output(files, output, to_stdout)
     from . import api
 
-    if output and len(files) > 1:
-        raise click.UsageError("-o/--output needs exactly one input file")
-    for path in files:
-        with _progress(quiet, f"compress {path}") as tick:
-            r = api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding),
-                             progress=tick, fallback=fallback)
-        if not quiet:
-            click.echo(f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
-                       f"{r['output_bytes']:,} bytes, {r['bits_per_dim']:.4f} bits/dim ({r['model']}, {r['seconds']:.1f} s)")
+    def work(path, tick):
+        return api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding),
+                            progress=tick, kind=kind, gunzipped=gunzipped, fallback=fallback)
+
+    _each_file(files, quiet, "compress", work,
+               lambda r: (f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
+                          f"{r['output_bytes']:,} bytes, {r['bits_per_dim']:.4f} bits/dim ({r['model']}, "
+                          f"{r['seconds']:.1f} s)"))
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="output file (one input only); default: FILE without .bbc")
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True), help="output file (one input only; - : standard output); default: FILE without .bbc")
+@click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write to standard output (one input only)")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
 @click.option("-m", "--model", help="model path, if the file's model is not embedded")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
-def decompress(files, output, force, model, quiet):
-    """Decompress .bbc files, restoring the original exactly (verified by checksum)."""
+def decompress(files, output, to_stdout, force, model, quiet):
+    """Decompress .bbc files, restoring the original exactly (verified by checksum).
+
+    FILE "-" reads standard input and writes standard output (or -o FILE).
+    """
+    output = _output(files, output, to_stdout)
     from . import api
 
-    if output and len(files) > 1:
-        raise click.UsageError("-o/--output needs exactly one input file")
-    for path in files:
-        with _progress(quiet, f"decompress {path}") as tick:
-            r = api.decompress(path, output, force=force, model=model, progress=tick)
-        if not quiet:
-            click.echo(f"{r['input']} -> {r['output']}: {r['images']} images ({r['seconds']:.1f} s)")
+    def work(path, tick):
+        return api.decompress(path, output, force=force, model=model, progress=tick)
+
+    _each_file(files, quiet, "decompress", work,
+               lambda r: f"{r['input']} -> {r['output']}: {r['images']} images ({r['seconds']:.1f} s)")
 
 
 @main.command(name="eval")
@@ -146,8 +269,14 @@ def decompress(files, output, force, model, quiet):
 def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
     """Negative ELBO vs achieved code length (bits/dim) on DATA, verified by a full round trip."""
     from . import api
+    from .fileio import read_input
+    from .formats import count_images
 
-    r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(**coding))
+    images = None if quiet else count_images(read_input(data), data)
+    if images and limit:
+        images = min(images, limit)
+    with _progress(quiet, f"eval {data}: encode", f"eval {data}: decode", images=images) as tick:
+        r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(**coding), progress=tick)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
@@ -182,10 +311,10 @@ def models(as_json):
 
 
 @main.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True)
 def info(file, as_json):
-    """What a .bbc file holds."""
+    """What a .bbc file holds (FILE "-": standard input)."""
     from . import api
 
     r = api.info(file)
@@ -201,6 +330,8 @@ def info(file, as_json):
 @click.option("--rounds", default=64, show_default=True, help="symbols per lane")
 def selftest(lanes, rounds):
     """Round-trip random symbols through the main entropy models; report code length vs information."""
+    import torch
+
     from . import entropy_models as em
     from .ans import Message
     from .codecs import EntropyCodec

@@ -12,11 +12,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from .errors import BBCodecError
+
+if TYPE_CHECKING:  # torch and safetensors are imported where needed: `bbcodec models` stays light
+    import torch
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
@@ -54,6 +55,8 @@ def file_sha256(path: Path) -> str:
 
 def save_model(model: torch.nn.Module, stem: Path, meta: dict | None = None) -> str:
     """Write ``stem.safetensors`` and ``stem.json``; returns the weights' SHA-256."""
+    from safetensors.torch import save_file
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -81,6 +84,8 @@ def _resolve(name_or_path) -> tuple[str, Path]:
 
 def load_model(name_or_path, device="cpu") -> LoadedModel:
     """Load an embedded model by name, or a model file by path (with or without extension)."""
+    from safetensors.torch import load_file
+
     name, stem = _resolve(name_or_path)
     doc = json.loads(stem.with_suffix(".json").read_text())
     model = build_model(doc["config"])
