@@ -25,9 +25,23 @@ KINDS = ("idx", "npy", "cifar", "png", "pnm")  # as bbcodec.formats.KINDS (not i
 INTERRUPTED = 130
 
 
+_SIGINT = [False]  # set once Ctrl-C was pressed, even if some library swallowed the KeyboardInterrupt
+
+
+def _on_sigint(signum, frame):
+    _SIGINT[0] = True
+    raise KeyboardInterrupt
+
+
 def _interrupted():
     click.echo("bbcodec: interrupted", err=True)
     sys.exit(INTERRUPTED)
+
+
+def _check_interrupted():
+    """Ctrl-C that surfaced as another exception (an import it broke) or not at all: still Ctrl-C."""
+    if _SIGINT[0]:
+        _interrupted()
 
 
 def _internal_error(exc: BaseException) -> None:
@@ -42,6 +56,13 @@ class _Group(click.Group):
         one line and exit status 130 instead of a traceback or click's "Aborted!"."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        import signal
+
+        _SIGINT[0] = False
+        try:
+            previous = signal.signal(signal.SIGINT, _on_sigint)
+        except ValueError:  # not the main thread
+            previous = None
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except KeyboardInterrupt:
@@ -54,6 +75,10 @@ class _Group(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        _check_interrupted()
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def make_context(self, *args, **kwargs):
@@ -68,6 +93,7 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except BBCodecError as exc:
+            _check_interrupted()
             click.echo(f"bbcodec: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
@@ -76,6 +102,7 @@ class _Group(click.Group):
             click.echo("bbcodec: error: out of memory (try a smaller --chunk)", err=True)
             sys.exit(1)
         except Exception as exc:  # an internal error must still not spill a traceback by default
+            _check_interrupted()
             _internal_error(exc)
             sys.exit(3)
 
@@ -184,6 +211,7 @@ def _each_file(files, quiet, verb, work, line):
             with _progress(quiet, f"{verb} {name}") as tick:
                 r = work(path, tick)
         except BBCodecError as exc:
+            _check_interrupted()
             msg = str(exc)
             click.echo(f"bbcodec: error: {msg if name in msg else f'{name}: {msg}'}", err=True)
             status = max(status, 1)
@@ -195,6 +223,7 @@ def _each_file(files, quiet, verb, work, line):
         except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - reported like the group reports it, then the next file
+            _check_interrupted()
             _internal_error(exc)
             status = max(status, 3)
             continue
@@ -202,6 +231,7 @@ def _each_file(files, quiet, verb, work, line):
             if r.get("note"):
                 click.echo(f"bbcodec: {r['input']}: {r['note']}", err=True)
             click.echo(line(r), err=r["output"] == "<stdout>")
+        _check_interrupted()
     if status:
         sys.exit(status)
 

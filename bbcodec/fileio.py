@@ -39,6 +39,22 @@ def is_stdio(path) -> bool:
     return path is not None and str(path) == STDIO
 
 
+_FD_ALIASES = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _fd_alias(path) -> int | None:
+    """The open file descriptor a path like ``/dev/stdout`` or ``/dev/fd/3`` names, or None.
+    Such outputs are written to the descriptor itself: reopening the path would lose a shell's
+    append mode and offset, or replace the file it was redirected to."""
+    text = str(path)
+    if text in _FD_ALIASES:
+        return _FD_ALIASES[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
 def display_name(path, output: bool = False) -> str:
     if is_stdio(path):
         return STDOUT_NAME if output else STDIN_NAME
@@ -110,9 +126,11 @@ def check_output(src, dst, force: bool):
     existing file or symlink without ``force``. Returns ``dst`` (a :class:`Path`, or ``"-"``).
     Existing non-regular files (``/dev/null``, FIFOs) are accepted without ``force``: they are
     written into, not replaced."""
-    if is_stdio(dst):
+    if is_stdio(dst) or _fd_alias(dst) == 1:
         _check_stdout()
         return STDIO
+    if _fd_alias(dst) is not None:
+        return dst
     dst = Path(dst)
     if not os.path.lexists(dst):
         return dst
@@ -174,22 +192,29 @@ def write_output(dst, data: bytes, force: bool = False, mode: int | None = None)
     ``mode``: the new file's permission bits (default ``0o666 & ~umask``). Any failure, and
     Ctrl-C, leave no partial output and no temporary file (a device or FIFO written into aside);
     write failures raise :class:`OutputError` naming the path and the reason."""
-    if is_stdio(dst):
+    fd = _fd_alias(dst)
+    if is_stdio(dst) or fd == 1:
         _write_stdout(data)
         return
+    if fd is not None:
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            raise OutputError(f"{dst}: cannot write ({_reason(exc)})") from exc
+        return
     path = Path(dst)
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        st = os.stat(target)
+        st = os.stat(path)  # through any symlinks
     except FileNotFoundError:
-        st = None
+        st = None  # no such file, or a dangling symlink
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({_reason(exc)})") from exc
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{path}: is a directory")
     if st is not None and not stat.S_ISREG(st.st_mode):
-        _write_into(path, target, data)
+        _write_into(path, data)  # e.g. /dev/stdout -> /proc/self/fd/1 -> a pipe
         return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     if os.path.lexists(path) and not force:
         raise UsageError(f"{path}: already exists (use -f to overwrite)")
     directory = target.parent if str(target.parent) else Path(".")
@@ -215,10 +240,10 @@ def write_output(dst, data: bytes, force: bool = False, mode: int | None = None)
         raise
 
 
-def _write_into(path: Path, target: Path, data: bytes) -> None:
+def _write_into(path: Path, data: bytes) -> None:
     """Write into an existing non-regular file (a device, a FIFO), which is never replaced."""
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({_reason(exc)})") from exc
     try:

@@ -65,6 +65,8 @@ def test_stdin_to_stdout_and_back(tmp_path, model):
     assert run("compress", src, "-o", "-", "-m", model, "-q").stdout_bytes == packed
     r = run("decompress", "-m", model, "-q", "-", "-o", "-", input=packed)
     assert r.stdout_bytes == raw
+    r = run("decompress", "-m", model, "-q", "-", "-o", "/dev/stdout", input=packed)  # the descriptor itself
+    assert r.stdout_bytes == raw
 
 
 def test_binary_data_is_never_written_to_a_terminal(tmp_path, model, monkeypatch):
@@ -228,6 +230,16 @@ def test_interrupt_in_a_command_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(api, "compress", stop)
     r = run("compress", tmp_path / "x", ok=False)
+    assert r.exit_code == 130 and r.stderr == "bbcodec: interrupted\n"
+
+    def broken_by_ctrl_c(*a, **k):  # Ctrl-C inside an import that turned it into another error
+        from bbcodec import cli
+
+        cli._SIGINT[0] = True
+        raise AttributeError("module 'numpy' has no attribute 'iterable'")
+
+    monkeypatch.setattr(api, "compress", broken_by_ctrl_c)
+    r = run("compress", tmp_path / "x", tmp_path / "y", ok=False)
     assert r.exit_code == 130 and r.stderr == "bbcodec: interrupted\n"
 
 
