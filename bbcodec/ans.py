@@ -28,6 +28,7 @@ inverse. Serialisation (:meth:`Message.to_bytes`) stores each head in ``5 + bitl
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Optional
 
@@ -333,7 +334,9 @@ class Message:
             pos += 8
         except struct.error as exc:
             raise ANSError("truncated ANS message header") from exc
-        count = int(np.prod(shape)) if ndim else 1
+        count = math.prod(shape)
+        if ndim > 8 or 36 * count > 8 * (len(data) - pos):  # every head takes at least 36 bits
+            raise ANSError(f"corrupt ANS message: {count} lanes do not fit in {len(data)} bytes")
         heads, used = _unpack_heads(data, pos, count)
         pos += used
         if len(data) - pos != 4 * nwords:

@@ -10,18 +10,19 @@ The CLI is a thin shell over these functions::
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .container import CODED, METHODS, Container
+from .container import CODED, METHODS, Container, describe
 from .errors import BBCodecError
+from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_output as _check_output,
+                     display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from . import tiling
 from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding, ContextVAECodec, HierarchicalVAECodec,
@@ -32,10 +33,6 @@ DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
 COLOUR_MODEL = "cifar10-rgb"
 ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
-
-
-class UsageError(BBCodecError):
-    """A request that cannot be carried out as asked (existing output, wrong model, ...)."""
 
 
 # ------------------------------------------------------------------------------ models
@@ -373,7 +370,7 @@ def _stored_images(box: Container) -> torch.Tensor:
         import numpy as np
 
         return torch.from_numpy(np.frombuffer(box.payload, dtype=np.uint8).copy()).reshape(box.shape)
-    return read_image_bytes(box.payload, "stored.bin" if box.kind == "cifar" else "stored").images
+    return read_image_bytes(box.payload, "stored.bin" if box.kind == "cifar" else "stored").images  # as read
 
 
 def _restore(box: Container, model=None, progress=None) -> tuple[torch.Tensor, bytes | None]:
@@ -406,8 +403,6 @@ def decompress_images(data: bytes, model=None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ files
-from .fileio import (STDIO, atomic_write as _atomic_write, check_output as _check_output,  # noqa: E402
-                     display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 
 
 def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEFAULT_CHUNK,
@@ -419,8 +414,11 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     says so in one line."""
     f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped)
     check_restorable(f)
-    box, model_name, note = _coded_or_stored(f, raw, hashlib.sha256(raw).hexdigest(), model, coding, chunk, progress,
-                                             fallback)
+    restored = raw
+    if raw[:2] == b"\x1f\x8b" and f.kind in ("idx", "cifar") and not f.restore.get("gzip"):
+        restored = gzip.decompress(raw)  # gunzipped: the plain content is what comes back
+    box, model_name, note = _coded_or_stored(f, restored, hashlib.sha256(restored).hexdigest(), model, coding, chunk,
+                                             progress, fallback)
     data = box.to_bytes()
     dims = max(1, f.images.numel())
     summary = {"model": model_name or METHODS[box.method], "method": METHODS[box.method], "images": len(f.images),
@@ -530,16 +528,8 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
 
 
 def info(src) -> dict:
-    """What a ``.bbc`` file holds."""
-    data = _read_input(Path(src))
-    box = Container.from_bytes(data)
-    dims = max(1, math.prod(box.shape))
-    out = {"format_version": box.version, "method": METHODS[box.method], "model": box.model_name or None,
-           "model_sha256": box.model_sha256 or None, "kind": box.kind, "shape": box.shape,
-           "pixels": box.pixels or None, "images": box.shape[0] if box.shape else None,
-           "chunks": len(box.chunks), "bytes": len(data), "bits_per_dim": 8 * len(data) / dims,
-           "data_sha256": box.data_sha256, "coding": box.coding}
-    return {k: v for k, v in out.items() if v is not None}
+    """What a ``.bbc`` file holds (``-``: standard input); see :func:`bbcodec.container.describe`."""
+    return describe(_read_input(src))
 
 
 def evaluate(src, model=None, limit: int | None = None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,

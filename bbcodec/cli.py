@@ -345,9 +345,10 @@ def models(as_json):
 @click.option("--json", "as_json", is_flag=True)
 def info(file, as_json):
     """What a .bbc file holds (FILE "-": standard input)."""
-    from . import api
+    from .container import describe
+    from .fileio import read_input
 
-    r = api.info(file)
+    r = describe(read_input(file))  # the container alone: no torch
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

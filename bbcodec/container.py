@@ -14,7 +14,8 @@ Format version 2 (written now; all integers little-endian)::
 
 Method 0's header is ``{m: model name, k: data kind, s: image shape, p: pixel kind, r: restore
 facts, c: coding parameters (a list, see :data:`CODING_KEYS`), n: [[units, bytes], ...] per
-chunk, x: side-data bytes}``; methods 1 and 2 store ``{k, s, z: restored bytes}``. So every byte
+chunk, x: side-data bytes}``; methods 1 and 2 store ``{k, z: restored bytes}`` (and ``s``, the
+shape, for a tensor). So every byte
 that shapes the output is covered by the CRC or the data checksum, and a decoder refuses
 anything else. Version 1 (no method byte, no CRC; always coded by a model) is still read.
 
@@ -140,7 +141,7 @@ def _check_restore(kind: str, shape: list, restore) -> None:
     elif kind in ("png", "pnm"):
         mode, size = restore.get("mode"), restore.get("size")
         colour = {"RGB": True, "RGBA": True, "L": False, "1": False, "LA": False}
-        if mode not in colour or (kind == "pnm" and mode not in ("RGB", "L")):
+        if not isinstance(mode, str) or mode not in colour or (kind == "pnm" and mode not in ("RGB", "L")):
             raise _corrupt(f"unsupported picture mode {mode!r:.20}")
         if shape[0] != 1 or colour[mode] != (len(shape) == 4) or size != [shape[-1], shape[-2]]:
             raise _corrupt("picture size or mode does not match the image shape")
@@ -223,8 +224,11 @@ class Container:
         return cls("", "", data_sha256, kind, list(shape), "", method=method, payload=payload)
 
     def header_dict(self) -> dict:
-        if self.method != CODED:
-            return {"k": self.kind, "s": self.shape, "z": len(self.payload)}
+        if self.method != CODED:  # kept short: a stored file is at most a few dozen bytes over its payload
+            head = {"k": self.kind, "z": len(self.payload)}
+            if self.kind == "raw":
+                head["s"] = self.shape
+            return head
         coding = [self.coding.get(k) for k in CODING_KEYS]  # positional: compact
         return {"m": self.model_name, "k": self.kind, "s": self.shape, "p": self.pixels, "r": self.restore,
                 "c": coding, "n": [[n, len(b)] for n, b in zip(self.chunk_images, self.chunks)]}
@@ -282,20 +286,22 @@ class Container:
         if zlib.crc32(data[:end]) != crc:
             raise ContainerError("corrupt .bbc header (checksum mismatch)")
         body = data[end + 4:]
+        text = inflate(text, MAX_HEADER_BYTES, "header") if method == CODED else text
         try:
-            head = json.loads(inflate(text, MAX_HEADER_BYTES, "header") if method == CODED else text)
+            head = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise _corrupt("not JSON") from exc
         if method == CODED:
             return cls._coded(head, model_sha, data_sha, body, version)
-        if not isinstance(head, dict) or set(head) != {"k", "s", "z"} or head["k"] not in KINDS:
+        if not isinstance(head, dict) or head.get("k") not in KINDS or set(head) != (
+                {"k", "z", "s"} if head["k"] == "raw" else {"k", "z"}):
             raise _corrupt("bad stored-file header")
         size = check_int(head["z"], 0, MAX_RESTORED_BYTES, "stored size")
-        shape = head["s"]
-        if not isinstance(shape, list) or len(shape) > 4 or not all(_is_int(v) and v >= 0 for v in shape):
-            raise _corrupt("bad stored image shape")
-        if head["k"] == "raw" and (len(shape) not in (3, 4) or image_dims(shape) != size):
-            raise _corrupt("stored tensor shape does not match its size")
+        shape = head.get("s", [])
+        if head["k"] == "raw":
+            check_shape(shape, "stored tensor shape")
+            if image_dims(shape) != size:
+                raise _corrupt("stored tensor shape does not match its size")
         payload = inflate(body, size, "stored data") if method == ZLIB else body
         if len(payload) != size:
             raise ContainerError("truncated or padded .bbc file (stored data size mismatch)")
@@ -326,9 +332,23 @@ class Container:
         n, pos = _read_varint(data, 68)
         if pos + n > len(data):
             raise ContainerError("truncated .bbc file (the header is cut short)")
+        text = inflate(data[pos: pos + n], MAX_HEADER_BYTES, "header")
         try:
-            head = json.loads(inflate(data[pos: pos + n], MAX_HEADER_BYTES, "header"))
+            head = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise _corrupt("not JSON") from exc
         return cls._coded(head, model_sha, data_sha, data[pos + n:], 1)
 
+
+
+def describe(data: bytes) -> dict:
+    """What the ``.bbc`` bytes ``data`` hold, as plain values (for ``bbcodec info``)."""
+    box = Container.from_bytes(data)
+    dims = max(1, image_dims(box.shape)) if box.shape else 1
+    out = {"format_version": box.version, "method": METHODS[box.method], "model": box.model_name or None,
+           "model_sha256": box.model_sha256 or None, "kind": box.kind, "shape": box.shape or None,
+           "pixels": box.pixels or None, "images": box.shape[0] if box.shape else None,
+           "chunks": len(box.chunks) if box.method == CODED else None, "bytes": len(data),
+           "bits_per_dim": 8 * len(data) / dims if box.shape else None, "data_sha256": box.data_sha256,
+           "coding": box.coding or None}
+    return {k: v for k, v in out.items() if v is not None}

@@ -96,8 +96,12 @@ def check_coding(coding: dict) -> None:
         else:
             ok = type(value) in (int, float) and math.isfinite(value) and bounds[0] <= value <= bounds[1]
         if not ok:
-            want = {bool: "true or false", tuple: "a list of per-level lists"}.get(
-                kind, f"{'an integer' if kind is int else 'a number'} from {bounds[0]} to {bounds[1]}")
+            if kind is bool:
+                want = "true or false"
+            elif kind is tuple:
+                want = "a list of per-level lists"
+            else:
+                want = f"{'an integer' if kind is int else 'a number'} from {bounds[0]} to {bounds[1]}"
             raise ValueError(f"coding parameter {key} must be {want}, got {value!r:.40}")
     tile = coding.get("tile", 0)
     if tile % 4:
@@ -179,14 +183,15 @@ def plan_from_bytes(data: bytes, n_images: int) -> tuple[list[Step], int]:
     """Inverse of :func:`plan_to_bytes`: ``(plan, bytes read)``; ``ValueError`` unless the plan is
     well formed and codes exactly ``n_images`` images."""
     runs, pos = decode_varint(data, 0)
-    plan = []
+    plan, total = [], 0
     for _ in range(runs):
         fields = []
         for _ in range(4):
             value, pos = decode_varint(data, pos)
             fields.append(value)
         repeat, images, lanes, bits_back = fields
-        if repeat < 1 or images < 1 or lanes < 1 or bits_back > 1 or repeat * images > n_images:
+        total += repeat * images
+        if repeat < 1 or images < 1 or lanes < 1 or bits_back > 1 or total > n_images or lanes > MAX_LANES:
             raise ValueError("corrupt coding plan")
         plan += [Step(images, lanes, bool(bits_back))] * repeat
     if sum(s.images for s in plan) != n_images or any(b.lanes < a.lanes for a, b in zip(plan, plan[1:])):
@@ -277,20 +282,27 @@ def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None
     msg = Message.from_bytes(data[offset:], seed=seed)
     if msg.lane_shape != (plan[-1].lanes,):
         raise ValueError(f"message has {msg.lane_shape} lanes, the coding plan expects {plan[-1].lanes}")
-    decoded, end, given = {}, 0, None
+    # Memory grows with the images really decoded (parts per segment, joined when it is done), and
+    # a valid message never runs dry while decoding (its state retraces the encoder's), so a
+    # header that claims more images than the chunk holds fails as soon as the bits run out.
+    decoded, parts, end, given = {}, [], 0, None
     with torch.inference_mode():
         for i in range(len(plan) - 1, -1, -1):
             k = owner[i]
             codec = codecs[k]
-            if k not in decoded:
-                decoded[k] = torch.empty((counts[k],) + tuple(codec.image_shape()), dtype=torch.uint8)
+            if not parts:
                 end = counts[k]
                 given = given_for(k, decoded) if given_for else None
             size, lanes, bits_back = plan[i]
             part = slice(end - size, end)
             batch = codec._batch_codec(size, bits_back, None if given is None else given[part].to(torch.int64))
-            decoded[k][part] = batch.pop(msg).to(torch.uint8)
+            parts.append(batch.pop(msg).to(torch.uint8))
+            if msg.initial_words:
+                raise ValueError("corrupt data: the message ran out before the images did")
             end -= size
+            if end == 0:
+                decoded[k] = torch.cat(parts[::-1])
+                parts = []
             before = plan[i - 1].lanes if i else start_lanes
             if before < lanes:
                 msg.shrink((before,))

@@ -116,6 +116,7 @@ def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0) 
     while True:
         t = tile_size(h, w, patch, largest_tile)
         split = bool(pyramid) and min(h, w) >= max(pyramid, 2 * SUBSAMPLE)
+        split = split and padded_size(h, t) // SUBSAMPLE < h and padded_size(w, t) // SUBSAMPLE < w  # smaller next
         lead = patch if not out and t > patch and padded_size(h, t) > t else 0
         out.append(Level(h, w, t, split, lead))
         if not split:
