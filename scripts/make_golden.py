@@ -3,6 +3,7 @@
 Run once, with the code whose files must keep decoding, then commit ``tests/golden/``::
 
     python scripts/make_golden.py            # needs ../shared/data for the photo crops
+    python scripts/make_golden.py --format 2 --out tests/golden/v2   # once per new container version
 
 ``tests/test_golden.py`` decodes every file in ``tests/golden/manifest.json`` and compares the
 result with its original bit for bit. Never regenerate them to make that test pass: a failure
@@ -71,21 +72,28 @@ def originals(out: Path) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden")
+    ap.add_argument("--format", type=int, default=1, help="the container version the code writes (1: before "
+                    "the zlib fallback existed; 2 and later also write fallback files)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = originals(args.out)
+    if args.format >= 2:  # the model's coding of each, and the zlib fallback where it wins by default
+        rows = [{**r, "fallback": False} for r in rows] + [
+            {**r, "fallback": True, "bbc": r["original"] + ".fallback.bbc"} for r in rows
+            if r["original"] in ("rgb40x24.png", "mnist6-idx3-ubyte", "rgba24x20.png")]
     for row in rows:
         src = args.out / row["original"]
-        bbc = args.out / (row["original"] + ".bbc")
+        bbc = args.out / row.get("bbc", row["original"] + ".bbc")
+        extra = {"fallback": row["fallback"]} if "fallback" in row else {}
         if row["compare"] == "tensor":
-            bbc.write_bytes(bbcodec.compress_images(torch.from_numpy(np.load(src)), model=row["model"]))
+            bbc.write_bytes(bbcodec.compress_images(torch.from_numpy(np.load(src)), model=row["model"], **extra))
         else:
-            api.compress(src, bbc, model=row["model"], force=True, chunk=row.get("chunk", api.DEFAULT_CHUNK))
+            api.compress(src, bbc, model=row["model"], force=True, chunk=row.get("chunk", api.DEFAULT_CHUNK), **extra)
         row["bbc"] = bbc.name
         row["bbc_sha256"] = hashlib.sha256(bbc.read_bytes()).hexdigest()
         print(f"{bbc.name}: {bbc.stat().st_size:,} bytes")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    manifest = {"written_by": f"bbcodec {bbcodec.__version__} at commit {commit}", "files": rows}
+    manifest = {"written_by": f"bbcodec {bbcodec.__version__} at commit {commit}", "format": args.format, "files": rows}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -17,13 +17,15 @@ import bbcodec
 from bbcodec import api
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-ROWS = json.loads((GOLDEN / "manifest.json").read_text())["files"]
+ROWS = [{**row, "dir": manifest.parent}
+        for manifest in sorted(GOLDEN.glob("**/manifest.json"))
+        for row in json.loads(manifest.read_text())["files"]]
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r["bbc"] for r in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r['dir'].name}/{r['bbc']}" for r in ROWS])
 def test_golden_file_decodes_exactly(tmp_path, row):
-    bbc = GOLDEN / row["bbc"]
-    original = GOLDEN / row["original"]
+    bbc = row["dir"] / row["bbc"]
+    original = row["dir"] / row["original"]
     assert hashlib.sha256(bbc.read_bytes()).hexdigest() == row["bbc_sha256"], "the golden file itself changed"
     if row["compare"] == "tensor":
         images = bbcodec.decompress_images(bbc.read_bytes())
@@ -41,7 +43,10 @@ def test_golden_file_decodes_exactly(tmp_path, row):
             assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_golden_files_cover_every_embedded_model():
+def test_golden_files_cover_every_embedded_model_and_container_version():
+    from bbcodec.container import READS
     from bbcodec.zoo import embedded_models
 
     assert set(embedded_models()) <= {r["model"] for r in ROWS}
+    versions = {(r["dir"] / r["bbc"]).read_bytes()[3] for r in ROWS}
+    assert versions == set(READS)
