@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .container import CODED, METHODS, Container, describe
+from .container import CODED, METHODS, ZLIB, Container, describe
 from .errors import BBCodecError
 from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_output as _check_output,
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
@@ -327,20 +327,21 @@ def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, codi
     Images the model's tiles would mostly pad are stored without trying the model. With
     ``fallback=False`` the model codes the data whatever the size."""
     stored = Container.stored(f.kind, list(f.images.shape), payload_sha, payload)
+    how = "stored with zlib" if stored.method == ZLIB else "stored as is (zlib would not shrink it)"
     if len(f.images) == 0:
-        return stored, None, "no images: stored with zlib"
+        return stored, None, f"no images: {how}"
     loaded = choose_model(f.images, f.pixels, model)
     if not fallback:
         return _container_for(loaded, f, coding, chunk, progress)[0], loaded.name, None
     if _padding_ratio(loaded, f.images, coding) > MAX_PADDING:
         return stored, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are too small or narrow for "
-                              f"{loaded.name}'s tiles: stored with zlib")
+                              f"{loaded.name}'s tiles: {how}")
     box, _ = _container_for(loaded, f, coding, chunk, progress)
     coded, fallback = len(box.to_bytes()), len(stored.to_bytes())
     if coded <= fallback:
         return box, loaded.name, None
-    return stored, None, (f"{loaded.name} codes this data in {coded:,} bytes, more than zlib's {fallback:,}: "
-                          "stored with zlib")
+    return stored, None, (f"{loaded.name} codes this data in {coded:,} bytes, more than the {fallback:,} of the "
+                          f"fallback: {how}")
 
 
 def tensor_sha256(images: torch.Tensor) -> str:
