@@ -431,19 +431,15 @@ def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed
     Uses CUDA when present; run under `torchrun --nproc-per-node N` for data parallelism.
     Re-running the same command resumes from STEM.ckpt.
     """
-    from .train import TrainSettings, run
+    from .training import train as train_model
 
-    config = {"arch": arch, "pixels": pixels}
-    if pixels == "binary":
-        config.update({"likelihood": "bernoulli"})
-    config.update(_parse_settings(overrides))
-    settings = TrainSettings(train=list(data), out=out, config=config, test=list(test), epochs=epochs,
-                             batch_size=batch_size, lr=lr, seed=seed, max_train=max_train, max_test=max_test,
-                             command=" ".join(["bbcodec"] + sys.argv[1:]), dataset_name=dataset_name,
-                             progress=not quiet, stop_after=stop_after)
-    result = run(settings)
+    config = {"arch": arch, "pixels": pixels, **_parse_settings(overrides)}  # --set arch=... wins, as before
+    result = train_model(list(data), out, list(test), config=config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
+                         max_test=max_test, command=" ".join(["bbcodec"] + sys.argv[1:]), dataset_name=dataset_name,
+                         progress=not quiet, stop_after=stop_after)
     if "sha256" in result:
-        click.echo(f"wrote {out}.safetensors ({result['sha256'][:16]}...) and {out}.json")
+        click.echo(f"wrote {out}.safetensors ({result['sha256'][:16]}...) and {out}.json; "
+                   f"`bbcodec models --install {out}` makes it available by name")
     elif not result["finished"]:
         click.echo(f"stopped after epoch {result['history'][-1]['epoch']}; run the same command again to resume")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bbcodec.train import TrainSettings, run
+from bbcodec.training import TrainSettings, run
 from bbcodec.zoo import load_model
 
 from helpers import SAMPLE_IDX

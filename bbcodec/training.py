@@ -5,6 +5,9 @@ checkpoints and resume, CUDA when present, and multi-process data parallelism un
 Checkpoints (``OUT.ckpt``) hold only tensors and plain values and load with
 ``torch.load(weights_only=True)``; the finished model is written as ``OUT.safetensors`` +
 ``OUT.json``, with the training command, time, hardware and test bits/dim in its metadata.
+
+:func:`train` takes the settings of ``bbcodec train`` (it is ``bbcodec.train`` in the package
+namespace); :func:`run` takes a :class:`TrainSettings`.
 """
 
 from __future__ import annotations
@@ -187,3 +190,43 @@ def run(s: TrainSettings) -> dict:
     if world > 1:
         dist.barrier()
     return result
+
+
+def _paths(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def train(data, out, test=None, *, config: dict | None = None, arch: str | None = None, pixels: str | None = None,
+          epochs: int = 10, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, max_train: int = 0,
+          max_test: int = 0, dataset_name: str = "", stop_after: int = 0, eval_every: int = 1,
+          progress: bool = True, command: str | None = None) -> dict:
+    """Train a codec model, as ``bbcodec train DATA... -o OUT`` does, and write ``OUT.safetensors`` +
+    ``OUT.json`` (checkpointed in ``OUT.ckpt``; calling it again with the same settings resumes).
+
+    ``data`` and ``test`` are a path or a list of paths (MNIST IDX, .npy, CIFAR-10 .bin[.gz], PNG
+    folders). ``config`` holds architecture settings (``bbcodec train --set KEY=VALUE``), e.g.
+    ``{"latent_dim": 32}``; ``arch`` (default ``"context_vae"``) and ``pixels`` (``"uint8"`` or
+    ``"binary"``, which also selects the Bernoulli likelihood) may be given here or in ``config``.
+    Returns :func:`run`'s result: ``history`` (per epoch), ``finished``, and once finished the
+    weights' ``sha256`` and the model's ``meta``. Install the result with
+    ``bbcodec models --install OUT`` (or :func:`bbcodec.zoo.install_model`)."""
+    extra = dict(config or {})
+    arch = arch or extra.pop("arch", "context_vae")
+    pixels = pixels or extra.pop("pixels", "uint8")
+    extra.pop("arch", None)
+    extra.pop("pixels", None)
+    cfg = {"arch": arch, "pixels": pixels}
+    if pixels == "binary":
+        cfg["likelihood"] = "bernoulli"
+    cfg.update(extra)
+    if command is None:
+        command = f"bbcodec.train({_paths(data)!r}, {str(out)!r}, config={cfg!r}, epochs={epochs})"
+    settings = TrainSettings(train=_paths(data), out=str(out), config=cfg, test=_paths(test), epochs=epochs,
+                             batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, max_train=max_train,
+                             max_test=max_test, command=command, dataset_name=dataset_name, progress=progress,
+                             stop_after=stop_after)
+    return run(settings)
