@@ -25,8 +25,9 @@ from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_out
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from . import tiling
-from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding, ContextVAECodec, HierarchicalVAECodec,
+from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding, ContextVAECodec, HierarchicalVAECodec, ProtocolCodec,
                           Segment, choose_scale_maps, decode_segments, encode_segments)
+from .protocol import default_coding, is_protocol_model
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
@@ -54,15 +55,38 @@ def choose_model(images: torch.Tensor, pixels: str, model=None):
         model = default_model(images, pixels)
         if model not in embedded_models():
             raise UsageError(f"the default model {model!r} is not installed; pass --model")
-    loaded = load_model(model)
+    loaded = resolve_model(model, images)
     check_compatible(loaded, images, pixels)
     return loaded
+
+
+def resolve_model(model, images: torch.Tensor | None = None):
+    """A :class:`~bbcodec.zoo.LoadedModel` for a model name or path, or for a model object of the
+    protocol (:mod:`bbcodec.protocol`), whose start-up estimates are then measured on ``images``
+    (the data being compressed) unless the object carries ``coding`` defaults of its own."""
+    if not is_protocol_model(model):
+        return load_model(model)
+    from .zoo import LoadedModel
+
+    coding = dict(getattr(model, "coding", None) or {})
+    want = tuple(model.image_shape)
+    if images is not None and tuple(images.shape[1:]) != want:
+        raise UsageError(f"model {getattr(model, 'name', 'custom')} codes images of shape {want}; "
+                         f"the data has {tuple(images.shape[1:])}")
+    if images is not None and not coding:
+        coding = default_coding(model, images)
+    config = {"arch": "protocol", "pixels": model.pixels}
+    return LoadedModel(getattr(model, "name", "custom"), model, config, {"coding": coding}, model.identity())
 
 
 def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
     cfg = loaded.config
     size = tuple(images.shape[-2:])
-    if cfg.get("arch") == "context_vae":
+    if cfg.get("arch") == "protocol":
+        want = tuple(loaded.model.image_shape)
+        if tuple(images.shape[1:]) != want:
+            raise UsageError(f"model {loaded.name} codes images of shape {want}; the data has {tuple(images.shape[1:])}")
+    elif cfg.get("arch") == "context_vae":
         want = (cfg.get("height"), cfg.get("width"))
         if _colour(images) != "grey":
             raise UsageError(f"model {loaded.name} codes greyscale images; the data is colour")
@@ -113,6 +137,8 @@ class Layout:
         return values
 
     def _codec(self, level: int = 0, tile=None, seed: int = 0):
+        if self.arch == "protocol":
+            return ProtocolCodec(self.loaded.model, self.params, seed=seed)
         if self.arch == "context_vae":
             return ContextVAECodec(self.loaded.model, self.params, seed=seed)
         p = self.params
@@ -470,14 +496,35 @@ def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAUL
 
 
 def _model_for(box: Container, model=None):
-    try:
-        loaded = load_model(model if model is not None else box.model_name)
-    except BBCodecError:
-        raise BBCodecError(f"this file was made with model {box.model_name!r}, which is not installed "
-                           "(pass --model PATH if you have it)") from None
-    if loaded.sha256 != box.model_sha256:
-        raise BBCodecError(f"this file was made with model {box.model_name!r} (weights {box.model_sha256[:12]}), "
-                           f"but {loaded.name!r} has other weights ({loaded.sha256[:12]})")
+    """The model that coded ``box``: ``model`` if given (it must have the recorded weights), else
+    the embedded or user model of the file's model name if it has them, else any embedded or user
+    model whose weights have the SHA-256 the file records (:func:`bbcodec.zoo.find_model_by_sha256`),
+    whatever its name."""
+    from .zoo import cached_sha256, find_model_by_name, find_model_by_sha256
+
+    name, sha = box.model_name, box.model_sha256
+    made = f"this file was made with model {name!r} (weights {sha[:12]})"
+    if model is not None:
+        loaded = resolve_model(model)
+        if loaded.sha256 != sha:
+            raise BBCodecError(f"{made}, but {loaded.name!r} has other weights ({loaded.sha256[:12]})")
+        return loaded
+    stem, other = find_model_by_name(name), None
+    if stem is not None:
+        try:
+            if cached_sha256(stem.with_name(stem.name + ".safetensors")) != sha:
+                stem, other = None, stem
+        except OSError:
+            stem = None
+    if stem is None:
+        stem = find_model_by_sha256(sha)
+    if stem is None:
+        differs = f"; the installed {other.name!r} has other weights" if other is not None else ""
+        raise BBCodecError(f"{made}, which is not installed{differs}: install it with `bbcodec models --install "
+                           "PATH` (it is then found by its name or its weights), or pass --model PATH")
+    loaded = load_model(stem)
+    if loaded.sha256 != sha:  # the file changed since it was hashed
+        raise BBCodecError(f"{made}, but {str(stem)!r} has other weights ({loaded.sha256[:12]})")
     return loaded
 
 
@@ -539,9 +586,21 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     model's negative ELBO next to the code length of the whole output file, with the overhead
     itemised, and the encode and decode speed. The negative ELBO is the coding model's, with the
     scale maps the encoder chose (see :meth:`Layout.adapt`); without them it is
-    ``unadapted_negative_elbo_bits_per_dim``."""
-    src = Path(src)
-    f = read_image_file(src)
+    ``unadapted_negative_elbo_bits_per_dim``.
+
+    ``src`` is a file, or an image tensor ``(N, H, W)`` / ``(N, 3, H, W)``; ``model`` a name, a
+    path or a model object of the protocol (:mod:`bbcodec.protocol`). ``evaluate(my_model,
+    images)`` reads the same as ``evaluate(images, model=my_model)``."""
+    if is_protocol_model(src):
+        src, model = model, src
+    if isinstance(src, torch.Tensor):
+        images = torch.as_tensor(src)
+        if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+            raise UsageError("expected a uint8 tensor of shape (N, H, W) or (N, 3, H, W)")
+        f = ImageFile("raw", images.contiguous(), {}, b"", tensor_sha256(images))
+        src = "<tensor>"
+    else:
+        f = read_image_file(Path(src))
     if limit:
         f = replace(f, images=f.images[:limit], side_data=f.side_data[:limit] if f.kind == "cifar" else f.side_data)
     images = f.images
