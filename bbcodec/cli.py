@@ -12,9 +12,11 @@ the codec are imported by the commands that need them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -322,22 +324,70 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
                f"decode {r['decode_seconds']:.1f} s ({r['decode_images_per_s']:,.1f} images/s), {r['threads']} threads")
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def models(as_json):
-    """The embedded models."""
-    from .zoo import embedded_models, model_info
+def _model_row(m) -> dict:
+    row = {"name": m.name, "where": m.where, "path": str(m.path), "sha256": m.sha256, "size_bytes": m.size_bytes}
+    row.update({k: v for k, v in m.meta.items() if k not in row})
+    row.update({"pixels": m.config.get("pixels"), "arch": m.config.get("arch")})
+    if m.shadowed:
+        row["shadowed"] = True
+    return row
 
-    rows = [model_info(name) for name in embedded_models()]
+
+def _model_line(r) -> str:
+    bpd = r.get("test_bits_per_dim")
+    if bpd is None and r.get("test_bits_per_dim_float") is not None:  # a model from `bbcodec train`
+        bpd = f"{r['test_bits_per_dim_float']:.4f} (training ELBO)"
+    elif bpd is not None:
+        bpd = f"{bpd:.4f}"
+    return (f"{r['name']:16s} {r.get('dataset', '?')}; test {bpd} bits/dim; {r['size_bytes'] / 1e6:.1f} MB"
+            + ("; shadowed by an earlier model of that name" if r.get("shadowed") else ""))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the list as JSON")
+@click.option("--install", "install", type=click.Path(), metavar="PATH",
+              help="install the model at PATH (STEM, STEM.safetensors or STEM.json) into your models directory")
+@click.option("--name", help="with --install: the name to install it under (default: its file name)")
+@click.option("-f", "--force", is_flag=True, help="with --install: replace another installed model of that name")
+def models(as_json, install, name, force):
+    """The embedded models and yours, or --install PATH: add one of yours.
+
+    Your models live in $BBCODEC_MODELS (several directories separated by ':'; installs go to the
+    first), by default ~/.local/share/bbcodec/models ($XDG_DATA_HOME/bbcodec/models). Decompression
+    finds a file's model there by name, or by the SHA-256 of its weights.
+    """
+    from . import zoo
+
+    if install is None:
+        if name is not None or force:
+            raise click.UsageError("--name and -f/--force go with --install PATH")
+    else:
+        stem = zoo.install_model(install, name=name, force=force)
+        if as_json:
+            click.echo(json.dumps({"name": stem.name, "path": str(stem),
+                                   "sha256": zoo.cached_sha256(stem.with_name(stem.name + ".safetensors"))}, indent=2))
+        else:
+            where = "an embedded model" if stem.parent == zoo.ZOO_DIR else f"installed in {stem.parent}"
+            click.echo(f"{stem.name}: {where}; `-m {stem.name}` selects it, and decompression finds it by itself")
+        return
+    rows = [_model_row(m) for m in zoo.installed_models()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
+    embedded = [r for r in rows if r["where"] == "embedded"]
+    if not embedded:
         click.echo("no embedded models")
-    for r in rows:
-        bpd = r.get("test_bits_per_dim")
-        click.echo(f"{r['name']:16s} {r.get('dataset', '?')}; test {bpd if bpd is None else f'{bpd:.4f}'} bits/dim; "
-                   f"{r['size_bytes'] / 1e6:.1f} MB")
+    for r in embedded:
+        click.echo(_model_line(r))
+    dirs = zoo.user_model_dirs()
+    for d in dirs:
+        mine = [r for r in rows if r["where"] == "user" and Path(r["path"]).parent == d]
+        if mine:
+            click.echo(f"your models in {d}:")
+            for r in mine:
+                click.echo(_model_line(r))
+    if not any(r["where"] == "user" for r in rows):
+        click.echo(f"no models of yours in {os.pathsep.join(map(str, dirs))} (`bbcodec models --install PATH` adds one)")
 
 
 @main.command()

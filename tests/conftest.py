@@ -25,3 +25,10 @@ def shared_data(*parts):
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_user_models(tmp_path_factory, monkeypatch):
+    """No test sees, or installs into, the user's own models directory (tests that need one set
+    BBCODEC_MODELS themselves)."""
+    monkeypatch.setenv("BBCODEC_MODELS", str(tmp_path_factory.getbasetemp() / "no-user-models"))
