@@ -25,9 +25,10 @@ from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_out
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from . import tiling
-from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding, ContextVAECodec, HierarchicalVAECodec, ProtocolCodec,
+from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding,
                           Segment, choose_scale_maps, decode_segments, encode_segments)
 from .protocol import default_coding, is_protocol_model
+from .registry import architecture
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
@@ -80,22 +81,8 @@ def resolve_model(model, images: torch.Tensor | None = None):
 
 
 def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
-    cfg = loaded.config
-    size = tuple(images.shape[-2:])
-    if cfg.get("arch") == "protocol":
-        want = tuple(loaded.model.image_shape)
-        if tuple(images.shape[1:]) != want:
-            raise UsageError(f"model {loaded.name} codes images of shape {want}; the data has {tuple(images.shape[1:])}")
-    elif cfg.get("arch") == "context_vae":
-        want = (cfg.get("height"), cfg.get("width"))
-        if _colour(images) != "grey":
-            raise UsageError(f"model {loaded.name} codes greyscale images; the data is colour")
-        if size != want:
-            raise UsageError(f"model {loaded.name} codes {want[0]}x{want[1]} images; the data is {size[0]}x{size[1]}")
-    elif images.dim() == 4 and images.shape[1] != cfg.get("channels", 3):
-        raise UsageError(f"model {loaded.name} codes {cfg.get('channels')}-channel images; the data has {images.shape[1]}")
-    if cfg.get("pixels") == "binary" and pixels != "binary":
-        raise UsageError(f"model {loaded.name} codes binary (0/1) images; the data has 8-bit values")
+    """``UsageError`` unless ``loaded`` can code ``images`` (see :mod:`bbcodec.registry`)."""
+    architecture(loaded.config.get("arch")).check(loaded, images, pixels)
 
 
 class Layout:
@@ -112,14 +99,14 @@ class Layout:
 
     def __init__(self, loaded, shape, coding: dict | None = None):
         self.loaded, self.shape = loaded, tuple(shape)
-        self.arch = loaded.config.get("arch")
+        self.arch = architecture(loaded.config.get("arch"))
         defaults = dict(loaded.meta.get("coding", {}))
         merged = {**defaults, **(coding or {})}
         check_coding(merged)
         self.params = CodingParams(**merged)
-        self.grey = self.arch == "hierarchical_vae" and len(self.shape) == 3
+        self.grey = self.arch.tiled and len(self.shape) == 3
         self.levels = []
-        if self.arch == "hierarchical_vae":
+        if self.arch.tiled:
             h, w = self.shape[-2:]
             self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
         # the flat list of segments: (level index, piece index)
@@ -137,14 +124,10 @@ class Layout:
         return values
 
     def _codec(self, level: int = 0, tile=None, seed: int = 0):
-        if self.arch == "protocol":
-            return ProtocolCodec(self.loaded.model, self.params, seed=seed)
-        if self.arch == "context_vae":
-            return ContextVAECodec(self.loaded.model, self.params, seed=seed)
         p = self.params
-        return HierarchicalVAECodec(self.loaded.model, p, seed=seed, grey=self.grey, tile=tile,
-                                    scale_shifts=p.scale_shifts[level] if p.scale_shifts else None,
-                                    scale_slopes=p.scale_slopes[level] if p.scale_slopes else None)
+        return self.arch.codec(self.loaded.model, p, seed=seed, grey=self.grey, tile=tile,
+                               shifts=p.scale_shifts[level] if p.scale_shifts else None,
+                               slopes=p.scale_slopes[level] if p.scale_slopes else None)
 
     def codecs(self, seed: int = 0) -> list:
         """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
@@ -281,7 +264,7 @@ class Layout:
 
     def stored_params(self) -> dict:
         params = self.params.to_dict()
-        if self.arch == "hierarchical_vae":
+        if self.arch.tiled:
             params["tile"] = self.params.tile or self.loaded.config.get("patch")
         return params
 

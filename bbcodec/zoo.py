@@ -47,17 +47,11 @@ class LoadedModel:
     path: Path | None = None
 
 
-def build_model(config: dict) -> torch.nn.Module:
-    arch = config.get("arch")
-    if arch == "context_vae":
-        from .models.context_vae import ContextVAE, ContextVAEConfig
+def build_model(config: dict) -> "torch.nn.Module":
+    """The network a model config describes (its ``arch``: see :mod:`bbcodec.registry`)."""
+    from .registry import architecture
 
-        return ContextVAE(ContextVAEConfig.from_dict(config))
-    if arch == "hierarchical_vae":
-        from .models.hierarchical_vae import HierarchicalVAE, HierarchicalVAEConfig
-
-        return HierarchicalVAE(HierarchicalVAEConfig.from_dict(config))
-    raise ValueError(f"unknown model architecture {arch!r}")
+    return architecture(config.get("arch")).build(config)
 
 
 def file_sha256(path: Path) -> str:
