@@ -243,7 +243,8 @@ def _each_file(files, quiet, verb, work, line):
 @click.option("-o", "--output", type=click.Path(allow_dash=True), help="output file (one input only; - : standard output); default FILE.bbc")
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write to standard output (one input only)")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
-@click.option("-m", "--model", help="embedded model name or model path (default: chosen from the data)")
+@click.option("-m", "--model", help="model name (embedded or installed: `bbcodec models`) or model path "
+              "(default: chosen from the data)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
 @click.option("--kind", type=click.Choice(KINDS), help="what the data is (default: told by its content; CIFAR-10 batches by a .bin name)")
 @click.option("--gunzipped", is_flag=True,
@@ -274,7 +275,8 @@ def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fal
 @click.option("-o", "--output", type=click.Path(allow_dash=True), help="output file (one input only; - : standard output); default: FILE without .bbc")
 @click.option("-c", "--stdout", "to_stdout", is_flag=True, help="write to standard output (one input only)")
 @click.option("-f", "--force", is_flag=True, help="overwrite existing outputs")
-@click.option("-m", "--model", help="model path, if the file's model is not embedded")
+@click.option("-m", "--model", help="model name or path (default: the embedded or installed model of the file's "
+              "name, else of its weights' SHA-256; see `bbcodec models`)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
 def decompress(files, output, to_stdout, force, model, quiet):
     """Decompress .bbc files, restoring the original exactly (verified by checksum).
@@ -293,7 +295,8 @@ def decompress(files, output, to_stdout, force, model, quiet):
 
 @main.command(name="eval")
 @click.argument("data", type=click.Path(dir_okay=False))
-@click.option("-m", "--model", help="embedded model name or model path (default: chosen from the data)")
+@click.option("-m", "--model", help="model name (embedded or installed: `bbcodec models`) or model path "
+              "(default: chosen from the data)")
 @click.option("--limit", type=click.IntRange(1), help="use only the first N images")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
