@@ -21,6 +21,9 @@ from pathlib import Path
 import click
 
 from .errors import BBCodecError
+from .registry import ARCHITECTURES
+
+TRAINABLE_ARCHITECTURES = [name for name in ARCHITECTURES if name != "protocol"]
 
 _VERBOSE = False
 KINDS = ("idx", "npy", "cifar", "png", "pnm")  # as bbcodec.formats.KINDS (not imported: it needs numpy)
@@ -464,7 +467,7 @@ def _parse_settings(pairs):
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(), help="output model path stem (writes STEM.safetensors, STEM.json, STEM.ckpt)")
 @click.option("--test", "test", multiple=True, type=click.Path(exists=True), help="test data for periodic evaluation")
-@click.option("--arch", default="context_vae", show_default=True, type=click.Choice(["context_vae", "hierarchical_vae"]))
+@click.option("--arch", default="context_vae", show_default=True, type=click.Choice(TRAINABLE_ARCHITECTURES))
 @click.option("--pixels", default="uint8", show_default=True, type=click.Choice(["uint8", "binary"]),
               help="binary: binarise the training images afresh every batch, and the test images with seed 0")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="architecture setting, e.g. --set latent_dim=32")
