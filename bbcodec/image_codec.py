@@ -118,6 +118,21 @@ SCALE_SLOPE_RANGE = (-8, 4)  # slopes 0.5 to 1.25
 SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a step spend
 
 
+def coding_defaults(measured: dict) -> dict:
+    """Coding defaults from :meth:`BatchedImageCodec.measure`: the estimates (rounded up); lanes
+    in proportion to the bits an image adds (about one per 20 bits, as the embedded MNIST models
+    use, at most 64); the stored plan (robust to estimates that are off); and the plain start
+    where its extra cost over the first images (their code length with fixed latents beyond
+    their negative ELBO) is below the seeded bits of a first bits-back pop."""
+    bits = max(1, math.ceil(measured["bits_per_image"]))
+    pop = max(0, math.ceil(measured["pop_bits_per_image"]))
+    plain = measured["plain_bits_per_image"]
+    plain_images = math.ceil(pop / max(1.0, SAFETY * plain))
+    return {"bits_per_image": bits, "pop_bits_per_image": pop, "batch": 64,
+            "lanes_per_image": int(min(64, max(1, round(bits / 20)))), "initial_lanes": 16,
+            "plain_start": bool(plain_images * (plain - bits) < pop), "stored_plan": True}
+
+
 class Step(NamedTuple):
     """One batch of the coding plan: how many images, the lane count, and whether bits-back is
     used (otherwise the latents are fixed at the prior's central bins)."""
@@ -362,6 +377,25 @@ class BatchedImageCodec:
 
     def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = 0) -> dict:
         raise NotImplementedError
+
+    def measure(self, images: torch.Tensor, sample: int = 64, seed: int = 0) -> dict:
+        """What one image costs, measured by coding up to ``sample`` of ``images`` (spread over
+        them): ``bits_per_image`` (its negative ELBO), ``pop_bits_per_image`` (what its latents'
+        bits-back pop takes from a message), ``plain_bits_per_image`` (its code length without
+        bits-back, latents fixed). The start-up plan's estimates come from these."""
+        x = images[:: max(1, len(images) // sample)][:sample]
+        n = len(x)
+        with torch.inference_mode():
+            bits = self.negative_elbo(x, seed=seed)["bits"] / n
+            lanes = (64,)
+            msg = Message(lanes, seed=seed, random_heads=True)
+            before = msg.content_bits()
+            self._posterior(self._join(self._split(x.to(torch.int64)))).pop(msg)
+            pop = before - msg.content_bits() + 32 * msg.initial_words
+            msg = Message(lanes, seed=seed)
+            self._batch_codec(n, bits_back=False).push(msg, x.to(torch.int64))
+            plain = msg.content_bits()
+        return {"bits_per_image": bits, "pop_bits_per_image": pop / n, "plain_bits_per_image": plain / n}
 
     def _batch_codec(self, size: int, bits_back: bool = True, given=None) -> C.Codec:
         """A codec for a batch of ``size`` images: one bits-back step, or with ``bits_back=False``

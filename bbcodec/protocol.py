@@ -95,44 +95,20 @@ def is_protocol_model(obj) -> bool:
     return all(hasattr(obj, a) for a in ("posterior", "likelihood", "negative_elbo", "image_shape", "latent_shapes"))
 
 
-def measure_coding(model, images: torch.Tensor, sample: int = 64, seed: int = 0) -> dict:
-    """The start-up plan's estimates measured on (up to ``sample`` of) ``images``:
-    ``bits_per_image``, the mean negative ELBO, and ``pop_bits_per_image``, the mean information
-    of posterior samples drawn from a seeded source (what a bits-back pop takes from the message).
-    Both are rounded up, so the plan errs on the safe side."""
-    from .ans import Message
-    from .codecs import Spread
+def measure_coding(model, images: torch.Tensor, sample: int = 64) -> dict:
+    """A model's per-image costs measured on (up to ``sample`` of) ``images``, by coding them
+    (see :meth:`bbcodec.image_codec.BatchedImageCodec.measure`)."""
+    from .image_codec import ProtocolCodec
 
-    x = images[:: max(1, len(images) // sample)][:sample].to(torch.int64)
-    with torch.inference_mode():
-        elbo = model.negative_elbo(x)
-        bits = float((elbo["kl_bits"] + elbo["nll_bits"]).mean())
-        msg = Message((256,), seed=seed, random_heads=True)
-        above, info = [], 0.0
-        for layer in range(len(model.latent_shapes)):
-            q = model.posterior(x, layer, above)
-            z = Spread(q).pop(msg)
-            info += float(q.information(z).sum())
-            above.append(z)
-        plain = model.likelihood(model.fixed_latents(len(x)))
-        plain_bits = float(plain.information(x).sum()) / len(x) if hasattr(plain, "information") else float("inf")
-    return {"bits_per_image": max(1, math.ceil(bits)), "pop_bits_per_image": math.ceil(info / len(x)),
-            "plain_bits_per_image": plain_bits}
+    return ProtocolCodec(model).measure(images, sample)
 
 
 def default_coding(model, images: torch.Tensor) -> dict:
-    """Coding defaults for a model that has none, from :func:`measure_coding` on ``images``: the
-    estimates; lanes in proportion to the bits an image adds (about one per 20 bits, as the
-    embedded MNIST models use, at most 64); the stored plan (robust to estimates that are off);
-    and the plain start where its extra cost over the first images (their code length with fixed
-    latents beyond their negative ELBO) is below the seeded bits of a first bits-back pop."""
-    m = measure_coding(model, images)
-    bits, pop = m["bits_per_image"], m["pop_bits_per_image"]
-    plain_images = math.ceil(pop / max(1.0, 0.7 * m["plain_bits_per_image"]))
-    plain_start = plain_images * (m["plain_bits_per_image"] - bits) < pop
-    return {"bits_per_image": bits, "pop_bits_per_image": pop, "batch": 64,
-            "lanes_per_image": int(min(64, max(1, round(bits / 20)))), "initial_lanes": 16,
-            "plain_start": bool(plain_start), "stored_plan": True}
+    """Coding defaults for a model that has none, measured on ``images`` (see
+    :func:`bbcodec.image_codec.coding_defaults`)."""
+    from .image_codec import coding_defaults
+
+    return coding_defaults(measure_coding(model, images))
 
 
 class GaussianVAE(BitsBackModel):

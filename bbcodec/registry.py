@@ -6,14 +6,16 @@ so no other module branches on the name.
 * ``codec(model, params, seed, grey, tile, shifts, slopes) -> BatchedImageCodec``;
 * ``tiled``: codes tiles of images of any size (the pyramid, scale maps, grey mode apply), rather
   than whole images of one shape;
-* ``check(loaded, images, pixels)``: raises a ``UsageError`` naming what does not fit.
+* ``check(loaded, images, pixels)``: raises a ``UsageError`` naming what does not fit;
+* ``coding``: coding defaults a newly trained model of this architecture gets, beside the
+  estimates measured from it (:func:`bbcodec.training.measured_coding`).
 
 ``register`` adds one (the model protocol's objects use ``"protocol"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -24,6 +26,7 @@ class Architecture:
     codec: Callable
     tiled: bool
     check: Callable
+    coding: dict = field(default_factory=dict)  # coding defaults of newly trained models of this arch
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -113,5 +116,6 @@ def _check_protocol(loaded, images, pixels):
 
 
 register(Architecture("context_vae", _build_context, _codec_context, False, _check_context))
-register(Architecture("hierarchical_vae", _build_hierarchical, _codec_hierarchical, True, _check_hierarchical))
+register(Architecture("hierarchical_vae", _build_hierarchical, _codec_hierarchical, True, _check_hierarchical,
+                      {"pyramid": 256, "tile": 128, "adapt": True, "lanes_per_image": 16}))
 register(Architecture("protocol", _build_protocol, _codec_protocol, False, _check_protocol))

@@ -185,11 +185,34 @@ def run(s: TrainSettings) -> dict:
         last = history[-1] if history else {}
         if "test_bits_per_dim" in last:
             meta["test_bits_per_dim_float"] = last["test_bits_per_dim"]
+        sample = test_images if test_images is not None else prepare(train_images[:256], pixels, train=False)
+        meta["coding"] = measured_coding(model, sample)
         result["sha256"] = save_model(model, Path(s.out), meta)
         result["meta"] = meta
     if world > 1:
         dist.barrier()
     return result
+
+
+def measured_coding(model, images: torch.Tensor) -> dict:
+    """The coding defaults a trained model's JSON records: its architecture's (tiles, pyramid,
+    ...), then the start-up estimates, lanes and plain start measured by coding a sample of
+    ``images`` with the exact networks (see :func:`bbcodec.image_codec.coding_defaults`)."""
+    from .image_codec import coding_defaults
+    from .registry import architecture
+    from .zoo import LoadedModel
+
+    model = model.eval().cpu()
+    arch = architecture(model.config.to_dict().get("arch"))
+    loaded = LoadedModel("training", model, model.config.to_dict(), {"coding": dict(arch.coding)})
+    patch = getattr(model.config, "patch", None)
+    sample = images[:256]
+    if arch.tiled and patch and tuple(sample.shape[-2:]) != (patch, patch):
+        sample = sample[..., :patch, :patch]  # the estimates are per training patch
+    from .api import Layout
+
+    codec = Layout(loaded, sample.shape).codecs()[0]
+    return {**arch.coding, **coding_defaults(codec.measure(sample)), **arch.coding}
 
 
 def _paths(value) -> list:

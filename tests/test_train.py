@@ -31,6 +31,15 @@ def test_train_checkpoint_resume_and_export(tmp_path):
     assert "test_bits_per_dim" in second["history"][-1]
     loaded = load_model(tmp_path / "m")
     assert loaded.meta["epochs"] == 2 and loaded.sha256
+    coding = loaded.meta["coding"]  # measured from the trained model, used by its files
+    assert coding["bits_per_image"] > 100 and coding["pop_bits_per_image"] > 0 and coding["stored_plan"]
+    from bbcodec import api
+    from bbcodec.container import Container
+    from helpers import sample_images
+
+    box = Container.from_bytes(api.compress_images(sample_images(8), tmp_path / "m", fallback=False))
+    assert box.coding["bits_per_image"] == coding["bits_per_image"]
+    assert box.coding["lanes_per_image"] == coding["lanes_per_image"]
 
 
 def test_resume_refuses_other_config(tmp_path):
@@ -52,6 +61,8 @@ def test_binary_training_and_colour_model(tmp_path):
     np.save(tmp_path / "rgb.npy", imgs)
     s = settings(tmp_path / "c", config=rgb, train=[str(tmp_path / "rgb.npy")], test=[], epochs=1, batch_size=32)
     assert run(s)["finished"]
+    assert load_model(tmp_path / "c").meta["coding"]["pyramid"] == 256
+    assert load_model(tmp_path / "b").meta["coding"]["bits_per_image"] > 0
 
 
 def test_ddp_two_processes_gloo(tmp_path):
