@@ -10,8 +10,9 @@ Python API (the command-line tool is a thin shell over it)::
 
 The package namespace holds :data:`__all__`: ``compress``, ``decompress``, ``evaluate``, ``info``,
 ``compress_images``, ``decompress_images`` (from :mod:`bbcodec.api`), ``train`` (the function
-:func:`bbcodec.training.train`; the module is :mod:`bbcodec.training`), ``BBCodecError`` and
-``__version__``. They are imported on first use, so ``import bbcodec`` does not import torch.
+:func:`bbcodec.training.train`; the module is :mod:`bbcodec.training`), the model protocol's
+``BitsBackModel`` and ``GaussianVAE`` (:mod:`bbcodec.protocol`) and ``exact`` (exact networks,
+:mod:`bbcodec.exact`), ``BBCodecError`` and ``__version__``. They are imported on first use, so ``import bbcodec`` does not import torch.
 
 Layers, from the bottom: :mod:`bbcodec.ans` (vectorised rANS), :mod:`bbcodec.entropy_models`
 (exactly quantised distributions), :mod:`bbcodec.codecs` (composable push/pop codecs, bits-back),
@@ -28,10 +29,11 @@ _LAZY = {  # name -> the submodule that defines it, imported on first use
     "compress": "api", "decompress": "api", "evaluate": "api", "info": "api",
     "compress_images": "api", "decompress_images": "api",
     "train": "training",
+    "BitsBackModel": "protocol", "GaussianVAE": "protocol", "exact": "exact",
 }
 
 __all__ = ["compress", "decompress", "evaluate", "info", "compress_images", "decompress_images", "train",
-           "BBCodecError", "__version__"]
+           "BitsBackModel", "GaussianVAE", "exact", "BBCodecError", "__version__"]
 
 
 def __getattr__(name):  # lazy: importing bbcodec stays cheap
