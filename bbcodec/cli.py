@@ -115,13 +115,19 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bbcodec")
 @click.option("-v", "--verbose", is_flag=True, help="more detail, and tracebacks of internal errors")
-def main(verbose):
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for the networks (default: the CPUs this process may use, at most 8; "
+                   "BBCODEC_THREADS also sets it); results do not depend on it")
+def main(verbose, threads):
     """bbcodec: lossless compression by bits-back coding with VAEs.
 
     FILE "-" is standard input (output then goes to standard output); -c writes to standard output.
     """
     global _VERBOSE
     _VERBOSE = verbose
+    from .threads import configure
+
+    configure(threads)
 
 
 cli = main  # the click group; `main` is also the console entry point (see _Group.main)
