@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .fixedpoint import FloatNumerics, Numerics
+from .fixedpoint import ExactNumerics, FloatNumerics, Numerics, to_grid
 from .likelihoods import make_likelihood
 
 GROUP_OF_PARITY = {(0, 0): 0, (1, 1): 1, (0, 1): 2, (1, 0): 3}
@@ -184,21 +184,30 @@ class ContextVAE(nn.Module):
         return num.value(num.linear(l3, h)).reshape(b, n_g, -1)
 
     # ------------------------------------------------------------------ training
-    def forward(self, x: torch.Tensor):
-        """Negative ELBO terms in bits per image for a batch of images (float32, reparameterised)."""
-        num = FloatNumerics()
+    def negative_elbo(self, x: torch.Tensor, num: Numerics | None = None, generator=None) -> dict:
+        """Negative ELBO terms in bits per image, ``{"kl_bits": (B,), "nll_bits": (B,)}``: the
+        analytic KL and the likelihood's code length given one reparameterised posterior sample.
+        The one definition training and coding share: with :class:`FloatNumerics` (the default)
+        float32 with autograd and the global random stream; with :class:`ExactNumerics` the exact
+        networks in float64, the sample drawn from ``generator`` and put on the activation grid."""
+        num = num or FloatNumerics()
+        exact = isinstance(num, ExactNumerics)
         mean, log_scale = self.posterior(x, num)
-        mean, log_scale = mean.float(), log_scale.float()
-        z = mean + torch.randn_like(mean) * torch.exp(log_scale)
+        if not exact:
+            mean, log_scale = mean.float(), log_scale.float()
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        z = mean + eps * torch.exp(log_scale)
+        if exact:
+            z = to_grid(z)
         kl = 0.5 * (mean ** 2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(1)
         feats = self.features(z, num)
         groups = self.split_groups(x)
         nll = torch.zeros_like(kl)
         for g in range(self.groups):
-            raw = self.head(g, feats, groups[:g], num).float()
-            nll = nll - self.likelihood.log_prob(groups[g], raw).sum(1)
+            raw = self.head(g, feats, groups[:g], num)
+            nll = nll - self.likelihood.log_prob(groups[g], raw if exact else raw.float()).sum(1)
         return {"kl_bits": kl / math.log(2), "nll_bits": nll / math.log(2)}
 
-    @property
-    def dims(self) -> int:
-        return self.config.height * self.config.width
+    def forward(self, x: torch.Tensor):
+        """Training: :meth:`negative_elbo` in float32."""
+        return self.negative_elbo(x)

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .context_vae import LOG_SCALE_RANGE
 from .config import ModelConfig
-from .fixedpoint import FloatNumerics, Numerics
+from .fixedpoint import ExactNumerics, FloatNumerics, Numerics, to_grid
 from .likelihoods import make_likelihood
 
 
@@ -275,23 +275,41 @@ class HierarchicalVAE(nn.Module):
         return num.value(raw).reshape(b, n, -1)
 
     # ------------------------------------------------------------------ training
-    def forward(self, x):
-        """Negative ELBO terms in bits per image (float32, one reparameterised sample)."""
-        num = FloatNumerics()
+    def negative_elbo(self, x, num: Numerics | None = None, generator=None, steps=None, scale_maps=None) -> dict:
+        """Negative ELBO terms in bits per image, ``{"kl_bits": (B,), "nll_bits": (B,)}``: analytic
+        KLs given one reparameterised sample of ``z2`` then ``z1``, and the likelihood's code length
+        of the pixel steps ``steps`` (default all; coding counts only those it codes) with each
+        step's scale map (``scale_maps[step]``, default none). The one definition training and
+        coding share: with :class:`FloatNumerics` (the default) float32 with autograd and the
+        global random stream; with :class:`ExactNumerics` the exact networks in float64, the
+        samples drawn from ``generator`` and put on the activation grid."""
+        num = num or FloatNumerics()
+        exact = isinstance(num, ExactNumerics)
+        cast = (lambda t: t) if exact else (lambda t: t.float())
         b, _, h, w = x.shape
-        (m1, s1), (m2, s2) = [[t.float() for t in q] for q in self.posterior(x, num)]
-        z2 = m2 + torch.randn_like(m2) * torch.exp(s2)
-        z1 = m1 + torch.randn_like(m1) * torch.exp(s1)
-        pm1, ps1 = [t.float() for t in self.prior1(z2, num)]
+        (m1, s1), (m2, s2) = [[cast(t) for t in q] for q in self.posterior(x, num)]
+
+        def sample(m, log_s):
+            z = m + torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device) * torch.exp(log_s)
+            return to_grid(z) if exact else z
+
+        z2 = sample(m2, s2)
+        pm1, ps1 = [cast(t) for t in self.prior1(z2, num)]
+        z1 = sample(m1, s1)
         kl = gaussian_kl(m1, s1, pm1, ps1).flatten(1).sum(1) + gaussian_kl(m2, s2, 0.0, 0.0).flatten(1).sum(1)
         feats = self.features(z1, num)
         parts = self.split_steps(x)
         known = self.known_from_image(x)
-        nll = torch.zeros(b, device=x.device)
-        for step in range(self.steps):
-            raw = self.head(step, feats, known, h, w, num).float()
-            nll = nll - self.likelihood.log_prob(parts[step], raw).sum(1)
+        nll = torch.zeros(b, dtype=kl.dtype, device=x.device)
+        for step in range(self.steps) if steps is None else steps:
+            raw = cast(self.head(step, feats, known, h, w, num))
+            maps = {} if scale_maps is None else {"scale_map": scale_maps[step]}
+            nll = nll - self.likelihood.log_prob(parts[step], raw, **maps).sum(1)
         return {"kl_bits": kl / math.log(2), "nll_bits": nll / math.log(2)}
+
+    def forward(self, x):
+        """Training: :meth:`negative_elbo` in float32."""
+        return self.negative_elbo(x)
 
 
 def gaussian_kl(m, log_s, pm, log_ps):
