@@ -30,7 +30,9 @@ deterministic (a fixed function of its integer inputs), whatever the machine:
   are one matrix product to columns and ``F.fold``, which adds exact integers (any order).
 * Sums and differences of two activations are sums of integers below ``2**25``; a product of two
   activations is an integer below ``2**48`` times ``2**-12``; a product with a parameter tensor
-  (rounded to the weight grid) is below ``2**40``: all exact before the final rounding.
+  (rounded to the weight grid) is below ``2**40``: all exact before the final rounding. A
+  parameter or buffer added to, subtracted from or concatenated with activations is rounded to
+  the activation grid first.
 * Multiplication or division by a Python constant, and ``LeakyReLU``'s negative slope, are one
   IEEE-754 multiply or divide each -- correctly rounded by the standard, hence the same everywhere
   -- followed by the rounding to the grid. Adding a constant adds its value in units (one IEEE
@@ -1634,7 +1636,8 @@ def exact(module: nn.Module) -> ExactModule:
     dilation, groups), their functional forms with parameters as weights; ``ReLU``, ``ReLU6``,
     ``Hardtanh``, ``LeakyReLU``, ``ELU``, ``SiLU``, ``Softplus``, ``Tanh``, ``Sigmoid`` and their
     functional, ``torch.`` and method forms, ``clamp``; ``+``/``-`` of activations (residuals),
-    ``*`` of activations, ``* / + -`` with Python numbers, ``+ - *`` with parameters; ``torch.cat``,
+    ``*`` of activations, ``* / + -`` with Python numbers, ``+ - *`` with parameters and buffers
+    (added ones on the activation grid, multiplied ones on the weight grid); ``torch.cat``,
     ``stack``, ``chunk``, ``split``, ``unbind``, reshapes, views, ``flatten``/``nn.Flatten``,
     ``nn.Unflatten``, ``permute``, ``transpose``, ``contiguous``, indexing and slicing;
     ``nn.Upsample`` / ``F.interpolate`` with mode 'nearest' and integer factors; ``F.pad``;

@@ -6,7 +6,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -302,8 +301,8 @@ class ShapeOps(nn.Module):
 
 def test_nested_sequential_and_residual_blocks():
     torch.manual_seed(11)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(ResBlock(4), nn.Sequential(ResBlock(4), nn.SiLU())),
-                        nn.Identity(), nn.Dropout(0.3)).eval()
+    inner = nn.Sequential(ResBlock(4), nn.Sequential(ResBlock(4), nn.SiLU()))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), inner, nn.Identity(), nn.Dropout(0.3)).eval()
     x = torch.randn(2, 3, 8, 8)
     y = exact(net)(x)
     assert_on_grid(y)
@@ -320,6 +319,34 @@ def test_shape_operations_and_output_structure():
         assert a.shape == b.shape
         assert_on_grid(a)
     assert exactness_report(net, x)["max_abs_diff"] < 5e-3
+
+
+class ParamsAndInPlace(nn.Module):
+    """Parameters and buffers in arithmetic, indexing and concatenation; in-place operations."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.offset = nn.Parameter(torch.tensor([0.1, -0.2, 0.3, 0.05]))
+        self.gain = nn.Parameter(torch.tensor([1.5, -0.5, 2.0, 0.25]))
+        self.register_buffer("pick", torch.tensor([3, 0, 0]))
+
+    def forward(self, x):
+        h = self.fc(x)
+        h.relu_()  # later uses of h see the mutation
+        g = h * self.gain - self.offset
+        g += h
+        return torch.cat([g, self.offset - h, h[:, self.pick]], 1), h
+
+
+def test_parameters_buffers_and_in_place_operations():
+    torch.manual_seed(13)
+    net = ParamsAndInPlace().eval()
+    x = torch.randn(5, 3)
+    out, h = exact(net)(x)
+    assert out.shape == (5, 11) and (h >= 0).all()
+    assert_on_grid(out)
+    assert exactness_report(net, x)["max_abs_diff"] < 3e-3
 
 
 def test_arithmetic_rounds_half_to_even():
