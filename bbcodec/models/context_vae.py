@@ -211,3 +211,7 @@ class ContextVAE(nn.Module):
     def forward(self, x: torch.Tensor):
         """Training: :meth:`negative_elbo` in float32."""
         return self.negative_elbo(x)
+
+    @property
+    def dims(self) -> int:
+        return self.config.height * self.config.width
