@@ -204,7 +204,8 @@ def _conv2d_units(u, w, b, kernel, stride, dilation, pads, pad_mode, groups):
         y = torch.bmm(cols, wg).permute(1, 0, 2).reshape(n * oh * ow, out)
         if b is not None:
             y = y + b
-    y = _finish(y).reshape(n, oh * ow, out).transpose(1, 2).reshape(n, out, oh, ow)
+    # contiguous NCHW, as torch's convolutions return (so that views behave alike)
+    y = _finish(y).reshape(n, oh * ow, out).transpose(1, 2).reshape(n, out, oh, ow).contiguous()
     return y[0] if unbatched else y
 
 
@@ -902,6 +903,43 @@ def _direct_param(cv, node, what, v):
         raise cv.unsupported(node, what, "weights must be parameters or buffers used as they are "
                              "(not sliced or computed in forward)")
     return v
+
+
+@_register(_FUNCTIONS, [operator.matmul, torch.matmul, torch.mm])
+def _build_matmul(cv, node, fn):
+    """``x @ W`` with ``W`` a 2-d parameter: a linear map without bias (fan-in ``W.shape[0]``)."""
+    what = _qualname(fn)
+    if len(node.args) != 2 or node.kwargs:
+        raise cv.unsupported(node, what, "expected two operands")
+    return _matmul_step(cv, node, what, *node.args)
+
+
+@_register(_METHODS, ["matmul", "mm"])
+def _build_matmul_method(cv, node, name):
+    what = f"tensor method .{name}()"
+    if len(node.args) != 2 or node.kwargs:
+        raise cv.unsupported(node, what, "expected one other operand")
+    return _matmul_step(cv, node, what, *node.args)
+
+
+def _matmul_step(cv, node, what, x, w):
+    cv.need_act(node, x, what, "left operand")
+    cv.need_param(node, w, what, "the right operand (only activations @ parameter matrices are exact)")
+    w_node = _direct_param(cv, node, what, w)
+    w_now = cv.param_value(w_node)
+    if w_now.dim() != 2:
+        raise cv.unsupported(node, what, "the parameter must be a matrix")
+    if w_now.shape[0] > MAX_FAN_IN:
+        raise ExactnessError(f"bbcodec.exact: {what} ({cv.where(node)}) has fan-in {w_now.shape[0]} above "
+                             f"{MAX_FAN_IN}: its sums would not be exact in float64")
+    _check_range(node, w_now, None)
+    q, key, weight_of = cv.quant, node.name, _param_getter(cv, w_node)
+
+    def run(u):
+        w_real = q.get((key, "w"), weight_of(),
+                       lambda t: (quantise(t.double(), WEIGHT_BITS, WEIGHT_LIMIT) * _WSTEP).contiguous())
+        return _linear_units(u, w_real, None)
+    return _Step(node, run, (x,)), ACT
 
 
 def _pair(v, what="argument"):
@@ -1641,7 +1679,8 @@ def exact(module: nn.Module) -> ExactModule:
     ``stack``, ``chunk``, ``split``, ``unbind``, reshapes, views, ``flatten``/``nn.Flatten``,
     ``nn.Unflatten``, ``permute``, ``transpose``, ``contiguous``, indexing and slicing;
     ``nn.Upsample`` / ``F.interpolate`` with mode 'nearest' and integer factors; ``F.pad``;
-    ``nn.MaxPool2d``; ``mean``/``sum``; ``nn.Identity``, dropout (identity); ``nn.Sequential``
+    ``nn.MaxPool2d``; ``mean``/``sum``; ``x @ W`` with a parameter matrix ``W``; ``nn.Identity``,
+    dropout (identity); ``nn.Sequential``
     and your own modules (traced through).
     """
     if isinstance(module, ExactModule):

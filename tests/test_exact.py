@@ -349,6 +349,46 @@ def test_parameters_buffers_and_in_place_operations():
     assert exactness_report(net, x)["max_abs_diff"] < 3e-3
 
 
+class Encoder(nn.Module):
+    """A VAE encoder as people write them: conv stack, view by batch size, linear, chunk, dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(1, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1), nn.ELU())
+        self.fc = nn.Linear(16 * 7 * 7, 2 * 8)
+
+    def forward(self, x):
+        h = self.convs(x)
+        mean, log_scale = self.fc(h.view(h.size(0), -1)).chunk(2, dim=-1)
+        return {"mean": mean, "log_scale": log_scale}
+
+
+class Decoder(nn.Module):
+    """Two inputs, a parameter matrix, upsampling by size, padding, pooling, stack and mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 16 * 7 * 7) / 3)
+        self.deconvs = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.Softplus(), nn.ConvTranspose2d(8, 1, 4, 2, 1))
+
+    def forward(self, z, shift):
+        h = F.silu(z @ self.w + shift).view(-1, 16, 7, 7)
+        h = F.pad(F.interpolate(h, size=(14, 14)), (1, 1, 1, 1), mode="reflect")[..., 1:-1, 1:-1]
+        out = torch.sigmoid(self.deconvs(F.max_pool2d(h, 2)))
+        return torch.stack([out, 1 - out], 0).mean((0, 2))
+
+
+def test_vae_style_encoder_and_decoder():
+    torch.manual_seed(14)
+    enc, dec = Encoder().eval(), Decoder().eval()
+    x, z, shift = torch.rand(3, 1, 28, 28), torch.randn(3, 8), torch.randn(1, 784)
+    out = exact(enc)(x)
+    assert set(out) == {"mean", "log_scale"} and out["mean"].shape == (3, 8)
+    assert_close(enc, x)
+    assert exact(dec)(z, shift).shape == (3, 28, 28)
+    assert_close(dec, z, shift)
+
+
 def test_arithmetic_rounds_half_to_even():
     class Arith(nn.Module):
         def forward(self, x):
