@@ -127,7 +127,8 @@ class CDFModel(EntropyModel):
     """Models defined by a monotone CDF at interior edges, quantised as in the module docstring.
 
     Subclasses implement :meth:`edge_cdf`: ``F`` at integer edge indices ``i in 1..n-1`` (the
-    edge between symbols ``i-1`` and ``i``), for index tensors of the batch shape.
+    edge between symbols ``i-1`` and ``i``), for index tensors of the batch shape, or override
+    :meth:`cumulative` itself (as :class:`LogisticMixture` does).
     """
 
     def edge_cdf(self, i: torch.Tensor) -> torch.Tensor:
@@ -423,14 +424,6 @@ class Categorical(EntropyModel):
         self._cum_q = cum_q  # Q_1..Q_n
         self._total = cum_q[..., -1:].to(torch.int64)
 
-    @classmethod
-    def from_weights(cls, weights: torch.Tensor, precision: int = 24) -> "Categorical":
-        """From non-negative integer weights (last axis), each row summing to at most 2**31."""
-        m = cls.__new__(cls)
-        w = torch.as_tensor(weights).to(torch.int32)
-        m._init_from_weights(torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w)), precision)
-        return m
-
     def _prefix(self, i: torch.Tensor) -> torch.Tensor:
         """Q_i (sum of the first i weights) for index tensors of the batch shape, 0 <= i <= n."""
         g = torch.gather(self._cum_q, -1, (torch.clamp(i, 1, self.n) - 1).unsqueeze(-1)).squeeze(-1)
@@ -545,11 +538,6 @@ class LogisticMixture(CDFModel):
     @property
     def _low_units(self):
         return torch.floor(self.low_mass * float(1 << self._F_BITS)).to(torch.int64)
-
-    def edge_cdf(self, i):
-        x = i.to(torch.float64).unsqueeze(-1)
-        s = detmath.sigmoid_table().at_coordinate(x * self.slopes + self.intercepts)
-        return self.low_mass + (s * self.weights).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def prepare(images: torch.Tensor, pixels: str, train: bool, seed: int = 0) -> to
     return images
 
 
-def evaluate_float(model, images: torch.Tensor, pixels: str, device, batch: int = 500) -> dict:
+def evaluate_float(model, images: torch.Tensor, device, batch: int = 500) -> dict:
     """Negative ELBO (float32 numerics, one latent sample) in bits/dim, averaged over images."""
     model.eval()
     kl = nll = 0.0
@@ -163,7 +163,7 @@ def run(s: TrainSettings) -> dict:
         record = {"epoch": epoch + 1, "train_bits_per_dim": running / steps_per_epoch,
                   "seconds": time.time() - t_start}
         if test_images is not None and rank == 0 and ((epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs):
-            record.update({f"test_{k}": v for k, v in evaluate_float(model, test_images, pixels, device).items()})
+            record.update({f"test_{k}": v for k, v in evaluate_float(model, test_images, device).items()})
         history.append(record)
         if rank == 0:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
