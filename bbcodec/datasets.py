@@ -8,6 +8,11 @@
 
 Several paths concatenate. Images come back as ``(N, H, W)`` for grey and ``(N, 3, H, W)`` for
 colour.
+
+Photographs of different sizes (training on crops): :func:`load_photos` reads them into a list of
+``(C, H, W)`` tensors, :func:`random_crops` draws square crops from them (an image with
+probability proportional to its area, a uniform position, random flips) and :func:`grid_crops`
+cuts them into non-overlapping crops in raster order (a fixed validation set).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -165,3 +171,166 @@ def binarize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     rng = np.random.RandomState(seed)
     x = images.numpy()
     return torch.from_numpy((rng.random_sample(x.shape) < x / 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------- photos and crops
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """RGB uint8 images ``(..., 3, H, W)`` to their luminance ``(..., 1, H, W)``, exactly as PIL's
+    ``convert("L")`` computes it (``(19595 R + 38470 G + 7471 B + 32768) >> 16``)."""
+    x = images.to(torch.int32)
+    y = (x[..., 0, :, :] * 19595 + x[..., 1, :, :] * 38470 + x[..., 2, :, :] * 7471 + 0x8000) >> 16
+    return y.to(torch.uint8).unsqueeze(-3)
+
+
+def _png_sources(paths) -> list[Path] | None:
+    """The PNG files that ``paths`` name (folders: their PNGs, sorted), or None if any path is
+    something else (another dataset format, or missing)."""
+    files = []
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in path.iterdir() if f.suffix.lower() == ".png")
+            if not found:
+                return None
+            files += found
+        elif path.is_file() and path.suffix.lower() == ".png":
+            files.append(path)
+        else:
+            return None
+    return files
+
+
+def png_shapes(paths) -> set | None:
+    """The distinct ``(grey, width, height)`` of the PNGs in ``paths``, read from their headers
+    only, or None where ``paths`` are not all PNG files or folders of PNGs. More than one means
+    :func:`load_images` cannot stack them (photos: use :func:`load_photos`)."""
+    from PIL import Image
+
+    files = _png_sources(paths)
+    if files is None:
+        return None
+    shapes = set()
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                shapes.add((im.mode in ("L", "1"), *im.size))
+        except OSError as exc:
+            raise DataError(f"{f}: cannot read as PNG ({exc})") from exc
+    return shapes
+
+
+def _photo_channels(x: torch.Tensor, grey: bool) -> torch.Tensor:
+    """``(N, H, W)`` or ``(N, 3, H, W)`` uint8 to ``(N, 1, H, W)`` if grey, else ``(N, 3, H, W)``."""
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if grey:
+        return luminance(x) if x.shape[1] == 3 else x
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def load_photos(paths, grey: bool = False) -> list:
+    """Every image in ``paths`` (PNG files, folders of PNGs, or any dataset :func:`load_images`
+    reads), of any sizes, as a list of uint8 tensors ``(C, H, W)``: RGB (grey images are converted
+    to RGB), or with ``grey`` one channel, the luminance (PIL's ``convert("L")``)."""
+    from PIL import Image
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        files = _png_sources([path])
+        if files is None:
+            if path.is_dir():
+                raise DataError(f"{path}: no PNG files")
+            out += list(_photo_channels(torch.from_numpy(_load_one(path)), grey))
+            continue
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    a = np.array(im.convert("L" if grey else "RGB"))
+            except OSError as exc:
+                raise DataError(f"{f}: cannot read as PNG ({exc})") from exc
+            out.append(torch.from_numpy(a[None] if grey else np.ascontiguousarray(a.transpose(2, 0, 1))))
+    if not out:
+        raise DataError(f"no images in {', '.join(map(str, paths))}")
+    return out
+
+
+class CropPlan(NamedTuple):
+    """Where crops come from: per crop the image index, top row, left column and flips."""
+
+    index: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    hflip: torch.Tensor
+    vflip: torch.Tensor
+
+    def __len__(self):
+        return len(self.index)
+
+    def subset(self, sel) -> "CropPlan":
+        return CropPlan(*(t[sel] for t in self))
+
+
+def plan_crops(images, size: int, count: int, generator: torch.Generator | None = None, flips: bool = True,
+               vflips: bool = False) -> CropPlan:
+    """Draw ``count`` crops of ``size x size``: each from an image chosen with probability
+    proportional to its area (images smaller than the crop are never chosen), at a uniform
+    position, flipped left-right with probability 1/2 if ``flips`` (and upside down if ``vflips``).
+    Deterministic given ``generator``'s state."""
+    hw = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=torch.int64).reshape(-1, 2)
+    h, w = hw[:, 0], hw[:, 1]
+    fits = (h >= size) & (w >= size)
+    if not bool(fits.any()):
+        raise DataError(f"no image is at least {size}x{size} (the largest is {int(h.max())}x{int(w.max())})")
+    weights = (h * w).to(torch.float64) * fits
+    index = torch.multinomial(weights, count, replacement=True, generator=generator)
+    top = (torch.rand(count, generator=generator, dtype=torch.float64) * (h[index] - size + 1)).long()
+    left = (torch.rand(count, generator=generator, dtype=torch.float64) * (w[index] - size + 1)).long()
+    no = torch.zeros(count, dtype=torch.bool)
+    hflip = torch.rand(count, generator=generator) < 0.5 if flips else no
+    vflip = torch.rand(count, generator=generator) < 0.5 if vflips else no
+    return CropPlan(index, top, left, hflip, vflip)
+
+
+def cut_crops(images, plan: CropPlan, size: int) -> torch.Tensor:
+    """The crops ``plan`` describes, ``(len(plan), C, size, size)`` uint8 (one gather per image)."""
+    channels = images[0].shape[0]
+    out = torch.empty((len(plan), channels, size, size), dtype=images[0].dtype)
+    ar = torch.arange(size)
+    for i in plan.index.unique().tolist():
+        sel = torch.nonzero(plan.index == i).squeeze(1)
+        rows = plan.top[sel, None] + ar
+        rows = torch.where(plan.vflip[sel, None], rows.flip(1), rows)
+        cols = plan.left[sel, None] + ar
+        cols = torch.where(plan.hflip[sel, None], cols.flip(1), cols)
+        out[sel] = images[i][:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+    return out
+
+
+def random_crops(images, size: int, count: int, generator: torch.Generator | None = None, flips: bool = True,
+                 vflips: bool = False) -> torch.Tensor:
+    """``count`` random ``size x size`` crops ``(count, C, size, size)`` of ``images`` (a list of
+    ``(C, H, W)`` tensors, as :func:`load_photos` gives): see :func:`plan_crops`."""
+    return cut_crops(images, plan_crops(images, size, count, generator, flips, vflips), size)
+
+
+def grid_crops(images, size) -> torch.Tensor:
+    """Every image cut into non-overlapping crops of ``size`` (an int, or ``(height, width)``), in
+    raster order, image after image; the right and bottom remainders are left out. Deterministic,
+    so that a validation set of crops is the same at every epoch."""
+    sh, sw = (size, size) if isinstance(size, int) else tuple(size)
+    parts = []
+    for im in images:
+        c, h, w = im.shape
+        nh, nw = h // sh, w // sw
+        if nh and nw:
+            grid = im[:, : nh * sh, : nw * sw].reshape(c, nh, sh, nw, sw)
+            parts.append(grid.permute(1, 3, 0, 2, 4).reshape(nh * nw, c, sh, sw))
+    if not parts:
+        c = images[0].shape[0] if len(images) else 3
+        return torch.empty((0, c, sh, sw), dtype=torch.uint8)
+    return torch.cat(parts)
