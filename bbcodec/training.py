@@ -96,7 +96,7 @@ def prepare(images: torch.Tensor, pixels: str, train: bool, seed: int = 0) -> to
     return images
 
 
-def evaluate_float(model, images: torch.Tensor, pixels: str, device, batch: int = 500) -> dict:
+def evaluate_float(model, images: torch.Tensor, device, batch: int = 500) -> dict:
     """Negative ELBO (float32 numerics, one latent sample) in bits/dim, averaged over images."""
     model.eval()
     kl = nll = 0.0
@@ -296,7 +296,7 @@ def run(s: TrainSettings) -> dict:
             for key, images in (("valid", valid_images), ("test", test_images)):
                 if images is not None:
                     torch.manual_seed(s.seed)  # the same latent samples at every evaluation
-                    record.update({f"{key}_{k}": v for k, v in evaluate_float(model, images, pixels, device).items()})
+                    record.update({f"{key}_{k}": v for k, v in evaluate_float(model, images, device).items()})
         record["seconds"] = time.time() - t_start
         history.append(record)
         if rank == 0:
