@@ -472,7 +472,20 @@ def _parse_settings(pairs):
 @main.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--out", required=True, type=click.Path(), help="output model path stem (writes STEM.safetensors, STEM.json, STEM.ckpt)")
-@click.option("--test", "test", multiple=True, type=click.Path(exists=True), help="test data for periodic evaluation")
+@click.option("--test", "test", multiple=True, type=click.Path(exists=True),
+              help="test data (images of the training shape) for evaluation after every epoch")
+@click.option("--valid", "valid", multiple=True, type=click.Path(exists=True),
+              help="validation images of any sizes (PNG folders or files, or any DATA format): negative ELBO on their "
+                   "non-overlapping crops after every epoch")
+@click.option("--crop", default=0, metavar="SIZE",
+              help="train on random SIZE x SIZE crops, fresh every epoch [default: the model's patch, where DATA are "
+                   "photos of different sizes; else whole images]")
+@click.option("--crops-per-epoch", default=0, metavar="N",
+              help="random crops per epoch [default: as many as the training images' non-overlapping crops]")
+@click.option("--flips", default="h", show_default=True, type=click.Choice(["none", "h", "hv"]),
+              help="random flips of the crops: left-right (h), also upside down (hv)")
+@click.option("--max-valid", default=0, metavar="N", help="use at most N validation crops, evenly spaced")
+@click.option("--grey", is_flag=True, help="train on the luminance (PIL convert('L')): a one-channel model")
 @click.option("--arch", default="context_vae", show_default=True, type=click.Choice(TRAINABLE_ARCHITECTURES))
 @click.option("--pixels", default="uint8", show_default=True, type=click.Choice(["uint8", "binary"]),
               help="binary: binarise the training images afresh every batch, and the test images with seed 0")
@@ -486,10 +499,12 @@ def _parse_settings(pairs):
 @click.option("--dataset-name", default="", help="dataset description for the model card")
 @click.option("--stop-after", default=0, help="stop after N epochs of this run (checkpointed; rerun to resume)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed, max_train, max_test, dataset_name,
-          stop_after, quiet):
-    """Train a codec model on DATA (MNIST IDX, .npy, CIFAR-10 .bin[.gz], or PNG folders).
+def train(data, out, test, valid, crop, crops_per_epoch, flips, max_valid, grey, arch, pixels, overrides, epochs,
+          batch_size, lr, seed, max_train, max_test, dataset_name, stop_after, quiet):
+    """Train a codec model on DATA (MNIST IDX, .npy, CIFAR-10 .bin[.gz], PNG files or folders).
 
+    Photos of different sizes (or any DATA with --crop) are trained on random crops, drawn afresh
+    every epoch from the seed and the epoch; --valid evaluates photos on fixed grid crops.
     Uses CUDA when present; run under `torchrun --nproc-per-node N` for data parallelism.
     Re-running the same command resumes from STEM.ckpt.
     """
@@ -498,7 +513,8 @@ def train(data, out, test, arch, pixels, overrides, epochs, batch_size, lr, seed
     config = {"arch": arch, "pixels": pixels, **_parse_settings(overrides)}  # --set arch=... wins, as before
     result = train_model(list(data), out, list(test), config=config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
                          max_test=max_test, command=" ".join(["bbcodec"] + sys.argv[1:]), dataset_name=dataset_name,
-                         progress=not quiet, stop_after=stop_after)
+                         progress=not quiet, stop_after=stop_after, valid=list(valid), crop=crop,
+                         crops_per_epoch=crops_per_epoch, max_valid=max_valid, grey=grey, flips=flips)
     if "sha256" in result:
         click.echo(f"wrote {out}.safetensors ({result['sha256'][:16]}...) and {out}.json; "
                    f"`bbcodec models --install {out}` makes it available by name")
