@@ -16,7 +16,8 @@ The package namespace holds :data:`__all__`: ``compress``, ``decompress``, ``eva
 
 Layers, from the bottom: :mod:`bbcodec.ans` (vectorised rANS), :mod:`bbcodec.entropy_models`
 (exactly quantised distributions), :mod:`bbcodec.codecs` (composable push/pop codecs, bits-back),
-:mod:`bbcodec.models` (networks), :mod:`bbcodec.image_codec` (models + codecs),
+:mod:`bbcodec.models` (networks), :mod:`bbcodec.image_codecs` (models + codecs),
+:mod:`bbcodec.plan`, :mod:`bbcodec.segments` and :mod:`bbcodec.layout` (coding units in chunks),
 :mod:`bbcodec.api` (files), :mod:`bbcodec.zoo` (model files, embedded and user models),
 :mod:`bbcodec.training` (training).
 """

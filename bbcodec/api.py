@@ -12,29 +12,27 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from .coding_params import file_coding
 from .container import CODED, METHODS, ZLIB, Container, describe
 from .errors import BBCodecError
 from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_output as _check_output,
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
-from . import tiling
-from .image_codec import (SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, CodingParams, check_coding,
-                          Segment, choose_scale_maps, decode_segments, encode_segments)
+from .layout import Layout
 from .protocol import default_coding, is_protocol_model
 from .registry import architecture
+from .segments import ELBO_SEED
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
 COLOUR_MODEL = "cifar10-rgb"
-ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
 
 
 # ------------------------------------------------------------------------------ models
@@ -85,219 +83,21 @@ def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
     architecture(loaded.config.get("arch")).check(loaded, images, pixels)
 
 
-class Layout:
-    """How a model codes an image tensor: its coding units and their codecs.
-
-    A ``context_vae`` model codes whole images. A fully convolutional model codes tiles
-    (:mod:`.tiling`): each image's pyramid levels (one level unless ``pyramid`` is set) are cut
-    into pieces of tiles, and a chunk codes every piece of every level as a segment on one message,
-    full size first, so that the decoder has each smaller level before the level whose pixels it
-    gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
-    others implied). With ``adapt``, :meth:`encode` first chooses each level's scale shifts and
-    slopes from a sample of its tiles; they are then part of :meth:`stored_params`.
-    """
-
-    def __init__(self, loaded, shape, coding: dict | None = None):
-        self.loaded, self.shape = loaded, tuple(shape)
-        self.arch = architecture(loaded.config.get("arch"))
-        defaults = dict(loaded.meta.get("coding", {}))
-        merged = {**defaults, **(coding or {})}
-        check_coding(merged)
-        self.params = CodingParams(**merged)
-        self.grey = self.arch.tiled and len(self.shape) == 3
-        self.levels = []
-        if self.arch.tiled:
-            h, w = self.shape[-2:]
-            self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
-        # the flat list of segments: (level index, piece index)
-        self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
-        for key, valid in (("scale_shifts", SCALE_SHIFT_RANGE), ("scale_slopes", SCALE_SLOPE_RANGE)):
-            setattr(self.params, key, self._checked_per_step(getattr(self.params, key), key, *valid))
-
-    def _checked_per_step(self, values, what: str, lo: int, hi: int) -> tuple:
-        """``values`` (per level, one integer per pixel step, or empty) as tuples, checked."""
-        values = tuple(tuple(level) for level in values)
-        if values and (len(values) != len(self.levels)
-                       or any(len(level) != self.loaded.model.steps for level in values)
-                       or any(type(v) is not int or not lo <= v <= hi for level in values for v in level)):
-            raise ValueError(f"{what.replace('_', ' ')} do not fit the model and image shape")
-        return values
-
-    def _codec(self, level: int = 0, tile=None, seed: int = 0):
-        p = self.params
-        return self.arch.codec(self.loaded.model, p, seed=seed, grey=self.grey, tile=tile,
-                               shifts=p.scale_shifts[level] if p.scale_shifts else None,
-                               slopes=p.scale_slopes[level] if p.scale_slopes else None)
-
-    def codecs(self, seed: int = 0) -> list:
-        """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
-        if not self.levels:
-            return [self._codec(seed=seed)]
-        return [self._codec(k, self.levels[k].pieces[i].tile, seed) for k, i in self.pieces]
-
-    def adapt(self, images: torch.Tensor) -> None:
-        """Choose the scale maps for ``images`` (if ``adapt`` is set and none are set yet): per
-        level, from about :data:`ADAPT_PIXELS` of its pixels, in tiles spread over the images."""
-        if not (self.levels and self.params.adapt) or self.params.scale_shifts or self.params.scale_slopes:
-            return
-        h, w = self.shape[-2:]
-        sample = images[:: max(1, len(images) * h * w // ADAPT_PIXELS)]
-        segments = self.segments(sample)
-        level_pixels = [0] * len(self.levels)
-        for seg, (k, _) in zip(segments, self.pieces):
-            level_pixels[k] += seg.images[:, 0].numel()
-        outputs = [[] for _ in self.levels]
-        for seg, (k, _) in zip(segments, self.pieces):
-            every = max(1, level_pixels[k] // ADAPT_PIXELS)
-            outputs[k].append(seg.codec.sample_outputs(seg.images[::every], given=seg.given is not None))
-        model = self.loaded.model
-        chosen = [choose_scale_maps(model.likelihood, level, model.steps) for level in outputs]
-        self.params = replace(self.params, scale_shifts=tuple(shifts for shifts, _ in chosen),
-                              scale_slopes=tuple(slopes for _, slopes in chosen))
-
-    @property
-    def whole_images(self) -> bool:
-        """Whether a chunk holds whole images (several segments per image), not any run of units."""
-        return len(self.pieces) > 1
-
-    def units_per_image(self) -> int:
-        return sum(lvl.tiles_per_image for lvl in self.levels) if self.levels else 1
-
-    def unit_count(self) -> int:
-        return self.shape[0] * self.units_per_image()
-
-    def segment_sizes(self, n_images: int) -> list[int]:
-        if not self.levels:
-            return [n_images]
-        return [n_images * self.levels[k].tiles_in(self.levels[k].pieces[i]) for k, i in self.pieces]
-
-    def segments(self, images: torch.Tensor) -> list[Segment]:
-        """The segments coding ``images`` (all of the shape this layout is for but the count)."""
-        codecs = self.codecs()
-        if not self.levels:
-            return [Segment(codecs[0], images)]
-        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
-        tiles = [tiling.cut(img, lvl) for lvl, img in zip(self.levels, tiling.level_images(x, self.levels))]
-        return [Segment(codec, tiles[k][i], tiles[k][i] if self.levels[k].split else None)
-                for codec, (k, i) in zip(codecs, self.pieces)]
-
-    def chunk_ranges(self, n_images: int, chunk: int) -> list[tuple[int, int]]:
-        """Chunks as (first image, end) ranges when chunks hold whole images, otherwise as ranges of
-        units (then a chunk may end inside an image)."""
-        if self.whole_images:
-            step = max(1, chunk // self.units_per_image())
-            return [(i, min(n_images, i + step)) for i in range(0, n_images, step)]
-        total = self.unit_count()
-        return [(i, min(total, i + chunk)) for i in range(0, total, chunk)]
-
-    def encode(self, images: torch.Tensor, chunk: int, progress=None):
-        """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`)."""
-        self.adapt(images)
-        tick = _ticker(progress, self.unit_count())
-        ranges = self.chunk_ranges(len(images), chunk)
-        if self.whole_images:
-            pieces = (self.segments(images[a:b]) for a, b in ranges)  # tiles made chunk by chunk
-        else:
-            whole = self.segments(images)[0]
-            pieces = ([whole._replace(images=whole.images[a:b])] for a, b in ranges)
-        chunks, counts, stats = [], [], []
-        for index, segments in enumerate(pieces):
-            data, st = encode_segments(segments, seed=index, progress=tick)
-            chunks.append(data)
-            counts.append(sum(len(s.images) for s in segments))
-            stats.append(st)
-        return chunks, counts, stats
-
-    def decode(self, chunks, counts, progress=None) -> torch.Tensor:
-        """Inverse of :meth:`encode`."""
-        tick = _ticker(progress, self.unit_count())
-        parts = []
-        for index, (data, count) in enumerate(zip(chunks, counts)):
-            n = count // self.units_per_image()
-            if self.whole_images and count != n * self.units_per_image():
-                raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
-            sizes = self.segment_sizes(n) if self.whole_images else [count]
-            try:
-                decoded = decode_segments(data, self.codecs(seed=index), sizes, self._given_for(n), seed=index,
-                                          progress=tick)
-            except BBCodecError:
-                raise
-            except (ValueError, RuntimeError, IndexError) as exc:
-                raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-            parts.append(self._level_image(0, decoded, n) if self.whole_images else decoded[0])
-        if not self.levels:
-            return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
-        if not self.whole_images:
-            lvl = self.levels[0]
-            units = torch.cat(parts) if parts else torch.empty((0, 3, lvl.tile, lvl.tile), dtype=torch.uint8)
-            parts = [tiling.uncut([units], self.shape[0], lvl)]
-        x = torch.cat(parts)
-        return (x[:, 0] if self.grey else x).contiguous()
-
-    def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
-        """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""
-        return tiling.uncut([decoded[s] for s, (lk, _) in enumerate(self.pieces) if lk == k], n, self.levels[k])
-
-    def _given_for(self, n: int):
-        given_pieces = {}  # level -> its pieces' given tiles, made once the next level is decoded
-
-        def given_for(s, decoded):
-            k, i = self.pieces[s]
-            lvl = self.levels[k]
-            if not lvl.split:
-                return None
-            if k not in given_pieces:
-                given_pieces[k] = tiling.cut(tiling.given_image(self._level_image(k + 1, decoded, n), lvl), lvl)
-            return given_pieces[k][i]
-
-        return given_for if self.whole_images else None
-
-    def negative_elbo(self, images: torch.Tensor, seed: int = 0) -> dict:
-        """The model's negative ELBO in bits over all coded units (see the codecs'
-        ``negative_elbo``); pyramid levels count only the pixels they code."""
-        total = {"kl_bits": 0.0, "nll_bits": 0.0, "bits": 0.0}
-        for segment in self.segments(images):
-            kwargs = {"given": True} if segment.given is not None else {}
-            part = segment.codec.negative_elbo(segment.images, seed=seed, **kwargs)
-            total = {k: total[k] + part[k] for k in total}
-        return total
-
-    def stored_params(self) -> dict:
-        params = self.params.to_dict()
-        if self.arch.tiled:
-            params["tile"] = self.params.tile or self.loaded.config.get("patch")
-        return params
-
-
-def make_codec(loaded, coding: dict | None = None, seed: int = 0, shape=None):
-    """The batched codec for ``loaded`` (for images of ``shape``, needed for colour models)."""
-    if shape is None:
-        shape = (1, loaded.config.get("height", 28), loaded.config.get("width", 28))
-    return Layout(loaded, shape, coding).codecs(seed)[0]
-
-
 # ------------------------------------------------------------------------------ tensors
-def _ticker(progress, total):
-    return None if progress is None else (lambda n: progress(n, total))
-
-
 def _encode_chunks(loaded, images, coding, chunk, progress):
-    """Code ``images`` in independent chunks of about ``chunk`` coding units; returns
-    (coding params, chunk bytes, units per chunk, stats per chunk)."""
+    """Code ``images`` in independent chunks of about ``chunk`` coding units (see
+    :class:`~bbcodec.layout.Layout`); returns (layout, chunk bytes, units per chunk, stats per chunk)."""
     try:
         layout = Layout(loaded, images.shape, coding)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     chunks, counts, stats = layout.encode(images, chunk, progress)
-    return layout.stored_params(), chunks, counts, stats
+    return layout, chunks, counts, stats
 
 
 def _decode_chunks(loaded, container: Container, progress):
     check_compatible(loaded, torch.empty(container.shape, dtype=torch.uint8, device="meta"), container.pixels)
-    coding = dict(container.coding)
-    for key in ("plain_start", "stored_plan"):
-        coding.setdefault(key, False)  # files written before the option existed
-    coding.setdefault("pyramid", 0)
+    coding = file_coding(container.coding)  # old files lack some keys: their old-file defaults
     try:
         layout = Layout(loaded, container.shape, coding)
     except (TypeError, ValueError) as exc:
@@ -308,9 +108,9 @@ def _decode_chunks(loaded, container: Container, progress):
 
 
 def _container_for(loaded, f: ImageFile, coding, chunk, progress):
-    params, chunks, counts, stats = _encode_chunks(loaded, f.images, coding, chunk, progress)
+    layout, chunks, counts, stats = _encode_chunks(loaded, f.images, coding, chunk, progress)
     box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(f.images.shape), f.pixels,
-                    f.restore, params, chunks, counts, f.side_data)
+                    f.restore, layout.stored_params(), chunks, counts, f.side_data)
     return box, stats
 
 
@@ -564,12 +364,13 @@ def info(src) -> dict:
 
 
 def evaluate(src, model=None, limit: int | None = None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,
-             progress=None, elbo_seed: int = 0) -> dict:
+             progress=None, elbo_seed: int = ELBO_SEED) -> dict:
     """Compress and decompress ``src`` in memory (verified) and report, in bits per dimension, the
     model's negative ELBO next to the code length of the whole output file, with the overhead
     itemised, and the encode and decode speed. The negative ELBO is the coding model's, with the
-    scale maps the encoder chose (see :meth:`Layout.adapt`); without them it is
-    ``unadapted_negative_elbo_bits_per_dim``.
+    scale maps the encoder chose (see :meth:`bbcodec.layout.Layout.adapt`); without them it is
+    ``unadapted_negative_elbo_bits_per_dim``. ``elbo_seed`` seeds its latent samples (default
+    :data:`bbcodec.segments.ELBO_SEED`).
 
     ``src`` is a file, or an image tensor ``(N, H, W)`` / ``(N, 3, H, W)``; ``model`` a name, a
     path or a model object of the protocol (:mod:`bbcodec.protocol`). ``evaluate(my_model,
@@ -590,7 +391,8 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     loaded = choose_model(images, f.pixels, model)
     dims = images.numel()
     t0 = time.perf_counter()
-    params, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
+    layout, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
+    params = layout.stored_params()
     t_enc = time.perf_counter() - t0
     elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
     unadapted = elbo
@@ -628,5 +430,5 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
         "decode_images_per_s": len(images) / t_dec,
         "encode_seconds": t_enc, "decode_seconds": t_dec,
         "threads": torch.get_num_threads(),
-        "coding": params,
+        "coding": {**params, **layout.options.to_dict()},
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from .coding_params import cli_options
 from .errors import BBCodecError
 from .registry import ARCHITECTURES
 
@@ -177,13 +178,14 @@ def _progress(quiet, *descs, images=None):
 
 
 def _coding_options(f):
-    f = click.option("--batch", type=click.IntRange(1), help="images per bits-back step (speed vs start-up cost)")(f)
-    f = click.option("--lanes-per-image", type=click.IntRange(1), help="coder lanes per image in a batch (speed vs rate)")(f)
-    f = click.option("--tile", type=click.IntRange(0), help="tiled models: largest tile size (0: the model's patch)")(f)
-    f = click.option("--pyramid", type=click.IntRange(0),
-                     help="tiled models: code images at least this big (shorter side) given a 4x-subsampled copy (0: never)")(f)
-    f = click.option("--adapt/--no-adapt", default=None,
-                     help="tiled models: fit each pixel step's scales to the data, stored in the file (default: the model's)")(f)
+    """The coding options of :data:`bbcodec.coding_params.OPTIONS` that have command-line help, then ``--chunk``."""
+    for opt in cli_options():
+        flag = "--" + opt.name.replace("_", "-")
+        if opt.kind is bool:
+            f = click.option(f"{flag}/--no-{flag[2:]}", default=None, help=opt.cli)(f)
+        else:
+            f = click.option(flag, type=click.IntRange(opt.bounds[0]) if opt.kind is int else click.FloatRange(opt.bounds[0]),
+                             help=opt.cli)(f)
     f = click.option("--chunk", default=10_000, show_default=True, type=click.IntRange(1),
                      help="images per independently decodable chunk (bounds memory)")(f)
     return f

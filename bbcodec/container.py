@@ -32,6 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from .coding_params import STORED_KEYS
 from .errors import BBCodecError
 from .varint import decode_varint, encode_varint
 
@@ -42,9 +43,7 @@ CODED, ZLIB, STORED = 0, 1, 2  # methods
 METHODS = {CODED: "coded", ZLIB: "zlib", STORED: "stored"}
 # coding parameters, stored as a list in this order (keys are only ever appended, and a key
 # missing from an older file takes its old-file default, see coding_params.OLD_FILE_DEFAULTS)
-CODING_KEYS = ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack", "tile", "plain_start",
-               "stored_plan", "pyramid", "pop_bits_per_image",
-               "scale_shifts", "scale_slopes")
+CODING_KEYS = STORED_KEYS
 KINDS = ("idx", "npy", "cifar", "png", "pnm", "raw")
 MAX_HEADER_BYTES = 1 << 22  # inflated header JSON
 MAX_SIDE_DATA = 1 << 31

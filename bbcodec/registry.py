@@ -3,7 +3,7 @@ network and how to code images with it. Everything that differs between architec
 so no other module branches on the name.
 
 * ``build(config) -> nn.Module``: the network, from its JSON config;
-* ``codec(model, params, seed, grey, tile, shifts, slopes) -> BatchedImageCodec``;
+* ``codec(model, params, grey, tile, shifts, slopes) -> BatchedImageCodec`` (:mod:`bbcodec.image_codecs`);
 * ``tiled``: codes tiles of images of any size (the pyramid, scale maps, grey mode apply), rather
   than whole images of one shape;
 * ``check(loaded, images, pixels)``: raises a ``UsageError`` naming what does not fit;
@@ -62,10 +62,10 @@ def _build_context(config):
     return ContextVAE(ContextVAEConfig.from_dict(config))
 
 
-def _codec_context(model, params, seed=0, **_):
-    from .image_codec import ContextVAECodec
+def _codec_context(model, params, **_):
+    from .image_codecs.context import ContextVAECodec
 
-    return ContextVAECodec(model, params, seed=seed)
+    return ContextVAECodec(model, params)
 
 
 def _check_context(loaded, images, pixels):
@@ -84,11 +84,10 @@ def _build_hierarchical(config):
     return HierarchicalVAE(HierarchicalVAEConfig.from_dict(config))
 
 
-def _codec_hierarchical(model, params, seed=0, grey=False, tile=None, shifts=None, slopes=None):
-    from .image_codec import HierarchicalVAECodec
+def _codec_hierarchical(model, params, grey=False, tile=None, shifts=None, slopes=None):
+    from .image_codecs.hierarchical import HierarchicalVAECodec
 
-    return HierarchicalVAECodec(model, params, seed=seed, grey=grey, tile=tile, scale_shifts=shifts,
-                                scale_slopes=slopes)
+    return HierarchicalVAECodec(model, params, grey=grey, tile=tile, scale_shifts=shifts, scale_slopes=slopes)
 
 
 def _check_hierarchical(loaded, images, pixels):
@@ -102,10 +101,10 @@ def _build_protocol(config):
     raise ValueError("protocol models are Python objects, not model files: pass the object itself")
 
 
-def _codec_protocol(model, params, seed=0, **_):
-    from .image_codec import ProtocolCodec
+def _codec_protocol(model, params, **_):
+    from .image_codecs.generic import ProtocolCodec
 
-    return ProtocolCodec(model, params, seed=seed)
+    return ProtocolCodec(model, params)
 
 
 def _check_protocol(loaded, images, pixels):

@@ -140,6 +140,25 @@ def test_api_validates_coding_like_the_cli(tiny):
         api.compress_images(torch.zeros((1, 3, 40, 40), dtype=torch.uint8), coding={"tile": 30})
 
 
+def test_coding_parameters_keep_their_file_order():
+    """Files store the coding parameters as a list in this order, so it never changes (rows of the
+    coding table are only appended); the stored parameters, the encoder-only options and the
+    old-file defaults all come from that one table."""
+    from dataclasses import fields
+
+    from bbcodec.coding_params import OLD_FILE_DEFAULTS, CodingParams, EncoderOptions, cli_options
+    from bbcodec.container import CODING_KEYS
+
+    assert CODING_KEYS[:13] == ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack",
+                                "tile", "plain_start", "stored_plan", "pyramid", "pop_bits_per_image",
+                                "scale_shifts", "scale_slopes")
+    assert tuple(f.name for f in fields(CodingParams)) == CODING_KEYS
+    assert "adapt" in {f.name for f in fields(EncoderOptions)} - set(CODING_KEYS)
+    assert {k: OLD_FILE_DEFAULTS[k] for k in ("plain_start", "stored_plan", "pyramid")} == {
+        "plain_start": False, "stored_plan": False, "pyramid": 0}
+    assert {"batch", "lanes_per_image", "tile", "pyramid", "adapt"} <= {o.name for o in cli_options()}
+
+
 def test_ans_message_header_with_absurd_lane_counts():
     msg = Message((4,))
     data = bytearray(msg.to_bytes())

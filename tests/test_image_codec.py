@@ -6,7 +6,9 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from bbcodec.image_codec import SAFETY, CodingParams, ContextVAECodec, Step, plan_batches, plan_from_bytes, plan_to_bytes
+from bbcodec.coding_params import CodingParams
+from bbcodec.image_codecs import ContextVAECodec
+from bbcodec.plan import SAFETY, Batch, plan_batches, plan_from_bytes, plan_to_bytes
 from bbcodec.ans import GROW_BITS
 
 from helpers import sample_binary, sample_images, tiny_model
@@ -42,10 +44,10 @@ def test_plan_batches(n, batch, lpi, init, bits, pop, plain):
     p = CodingParams(batch=batch, lanes_per_image=lpi, initial_lanes=init, bits_per_image=bits,
                      pop_bits_per_image=pop, plain_start=plain)
     plan = plan_batches(n, p)
-    assert sum(s.images for s in plan) == n
+    assert sum(b.units for b in plan) == n
     lanes = [s.lanes for s in plan]
     assert lanes[0] >= init and lanes == sorted(lanes)
-    assert all(1 <= s.images <= batch for s in plan)
+    assert all(1 <= b.units <= batch for b in plan)
     flags = [s.bits_back for s in plan]
     assert flags == sorted(flags) and (plain or all(flags))  # plain batches only at the start
     budget, prev, previous_lanes = (0 if plain else GROW_BITS * init), 0, init
@@ -89,7 +91,8 @@ import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 sys.path.insert(0, sys.argv[2])
 from helpers import tiny_model, sample_images
-from bbcodec.image_codec import ContextVAECodec, CodingParams
+from bbcodec.coding_params import CodingParams
+from bbcodec.image_codecs import ContextVAECodec
 codec = ContextVAECodec(tiny_model("uint8", seed=5), CodingParams(batch=8, lanes_per_image=49, initial_lanes=16))
 data = open(sys.argv[3], "rb").read()
 y = codec.decode(data, 20)
@@ -133,13 +136,13 @@ def test_files_from_before_plain_start_still_decode(tmp_path):
     assert torch.equal(api.decompress_images(new, model=model), x)
 
 
-@given(steps=st.lists(st.tuples(st.integers(1, 300), st.integers(0, 5000), st.booleans()), min_size=1, max_size=40))
-def test_plan_bytes_round_trip(steps):
+@given(batches=st.lists(st.tuples(st.integers(1, 300), st.integers(0, 5000), st.booleans()), min_size=1, max_size=40))
+def test_plan_bytes_round_trip(batches):
     lanes, plan = 1, []
-    for images, grow, bits_back in steps:
+    for units, grow, bits_back in batches:
         lanes += grow
-        plan.append(Step(images, lanes, bits_back))
-    n = sum(s.images for s in plan)
+        plan.append(Batch(units, lanes, bits_back))
+    n = sum(b.units for b in plan)
     data = plan_to_bytes(plan)
     assert plan_from_bytes(data + b"tail", n) == (plan, len(data))
     with pytest.raises(ValueError):

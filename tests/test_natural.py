@@ -12,7 +12,9 @@ from PIL import Image
 
 from bbcodec import api, tiling
 from bbcodec.cli import main
-from bbcodec.image_codec import CodingParams, HierarchicalVAECodec
+from bbcodec.coding_params import CodingParams
+from bbcodec.image_codecs import HierarchicalVAECodec
+from bbcodec.layout import Layout
 
 from helpers import save_tiny_colour, tiny_colour_model
 
@@ -123,7 +125,7 @@ def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
     x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(sum(shape)))
     coding = {"pyramid": 16, "tile": 16, "batch": 4, "lanes_per_image": 4, "initial_lanes": 4, "bits_per_image": 600,
               "pop_bits_per_image": 300}
-    layout = api.Layout(loaded, shape, coding)
+    layout = Layout(loaded, shape, coding)
     assert len(layout.levels) == (1 if min(shape[-2:]) < 16 else 2)
     data = api.compress_images(x, colour_model, coding=coding, fallback=False)
     box = api.Container.from_bytes(data)
@@ -188,8 +190,8 @@ def test_adapted_scale_maps_roundtrip_and_are_stored(colour_model):
     assert any(v != 0 for level in shifts for v in level)
     assert torch.equal(api.decompress_images(data, colour_model), x)
     # the maps lower the model's code length on the data they were chosen for
-    adapted = api.Layout(loaded, x.shape, {**coding, "scale_shifts": shifts, "scale_slopes": slopes}).negative_elbo(x)["bits"]
-    plain = api.Layout(loaded, x.shape, {**coding, "adapt": False}).negative_elbo(x)["bits"]
+    adapted = Layout(loaded, x.shape, {**coding, "scale_shifts": shifts, "scale_slopes": slopes}).negative_elbo(x)["bits"]
+    plain = Layout(loaded, x.shape, {**coding, "adapt": False}).negative_elbo(x)["bits"]
     assert adapted < plain
     # without adapt nothing is stored, and such files decode as before
     data = api.compress_images(x, colour_model, coding={**coding, "adapt": False}, fallback=False)
@@ -229,7 +231,7 @@ def test_scale_map_search_finds_the_best_map():
     """The coordinate descent over (shift, slope) lands within 0.1% of the best of every pair, and
     beats the best shift alone, for data spread wider and narrower than the model predicts; data
     that follows the model keeps the identity map."""
-    from bbcodec.image_codec import SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, choose_scale_maps, scale_map
+    from bbcodec.scale_maps import SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, choose_scale_maps, scale_map
     from bbcodec.models.likelihoods import LogisticMixtureLikelihood
 
     lik = LogisticMixtureLikelihood(2)

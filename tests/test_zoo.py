@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bbcodec import api
+from bbcodec.layout import make_codec
 from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
 from helpers import SAMPLES, sample_binary, sample_images
@@ -31,7 +32,7 @@ def test_default_models_roundtrip_and_rate(kind):
     assert torch.equal(api.decompress_images(data), x)
     loaded = load_model(f"mnist-{kind}")
     # the coding loss beyond the itemised overheads stays small even on a few images
-    codec = api.make_codec(loaded)
+    codec = make_codec(loaded)
     elbo = codec.negative_elbo(x)["bits"]
     bits, stats = codec.encode(x)
     fixed = stats.initial_bits + 5 * stats.lanes + stats.extra.get("plan_bits", 0)

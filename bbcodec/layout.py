@@ -1,0 +1,198 @@
+"""How a model codes an image tensor: its coding units, their codecs, chunks and segments.
+
+A coding *unit* is a whole image for whole-image models and a tile for tiled ones
+(:mod:`bbcodec.tiling`). A file's units are coded in independent chunks; a chunk is one message
+holding one segment (:mod:`bbcodec.segments`) per piece of each pyramid level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from . import scale_maps, tiling
+from .coding_params import split_coding
+from .errors import BBCodecError
+from .registry import architecture
+from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
+
+
+def _ticker(progress, total):
+    return None if progress is None else (lambda n: progress(n, total))
+
+
+class Layout:
+    """How a model codes an image tensor: its coding units and their codecs.
+
+    A ``context_vae`` model codes whole images. A fully convolutional model codes tiles
+    (:mod:`.tiling`): each image's pyramid levels (one level unless ``pyramid`` is set) are cut
+    into pieces of tiles, and a chunk codes every piece of every level as a segment on one message,
+    full size first, so that the decoder has each smaller level before the level whose pixels it
+    gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
+    others implied). ``coding`` (over the model's coding defaults) holds stored parameters
+    (:attr:`params`) and encoder options (:attr:`options`). With ``adapt``, :meth:`encode` first
+    chooses each level's scale shifts and slopes from a sample of its tiles
+    (:mod:`bbcodec.scale_maps`); they are then part of :meth:`stored_params`.
+    """
+
+    def __init__(self, loaded, shape, coding: dict | None = None):
+        self.loaded, self.shape = loaded, tuple(shape)
+        self.arch = architecture(loaded.config.get("arch"))
+        defaults = dict(loaded.meta.get("coding", {}))
+        self.params, self.options = split_coding({**defaults, **(coding or {})})
+        self.grey = self.arch.tiled and len(self.shape) == 3
+        self.levels = []
+        if self.arch.tiled:
+            h, w = self.shape[-2:]
+            self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
+        # the flat list of segments: (level index, piece index)
+        self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
+        groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
+        for key in ("scale_shifts", "scale_slopes"):
+            setattr(self.params, key, scale_maps.check_level_maps(getattr(self.params, key), key, len(self.levels), groups))
+
+    def _codec(self, level: int = 0, tile=None):
+        p = self.params
+        return self.arch.codec(self.loaded.model, p, grey=self.grey, tile=tile,
+                               shifts=p.scale_shifts[level] if p.scale_shifts else None,
+                               slopes=p.scale_slopes[level] if p.scale_slopes else None)
+
+    def codecs(self) -> list:
+        """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
+        if not self.levels:
+            return [self._codec()]
+        return [self._codec(k, self.levels[k].pieces[i].tile) for k, i in self.pieces]
+
+    def adapt(self, images: torch.Tensor) -> None:
+        """Choose the scale maps for ``images`` (if ``adapt`` is set and none are set yet): per
+        level, from a sample of its tiles spread over the images (:func:`scale_maps.choose_level_maps`)."""
+        if not (self.levels and self.options.adapt) or self.params.scale_shifts or self.params.scale_slopes:
+            return
+        h, w = self.shape[-2:]
+        sample = scale_maps.sample_images(images, h * w)
+        shifts, slopes = scale_maps.choose_level_maps(self.loaded.model, self.segments(sample),
+                                                      [k for k, _ in self.pieces], len(self.levels))
+        self.params = replace(self.params, scale_shifts=shifts, scale_slopes=slopes)
+
+    @property
+    def whole_images(self) -> bool:
+        """Whether a chunk holds whole images (several segments per image), not any run of units."""
+        return len(self.pieces) > 1
+
+    def units_per_image(self) -> int:
+        return sum(lvl.tiles_per_image for lvl in self.levels) if self.levels else 1
+
+    def unit_count(self) -> int:
+        return self.shape[0] * self.units_per_image()
+
+    def segment_sizes(self, n_images: int) -> list[int]:
+        """The units of each segment of a chunk of ``n_images`` whole images."""
+        if not self.levels:
+            return [n_images]
+        return [n_images * self.levels[k].tiles_in(self.levels[k].pieces[i]) for k, i in self.pieces]
+
+    def segments(self, images: torch.Tensor) -> list[Segment]:
+        """The segments coding ``images`` (all of the shape this layout is for but the count)."""
+        codecs = self.codecs()
+        if not self.levels:
+            return [Segment(codecs[0], images)]
+        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+        tiles = [tiling.cut(img, lvl) for lvl, img in zip(self.levels, tiling.level_images(x, self.levels))]
+        return [Segment(codec, tiles[k][i], tiles[k][i] if self.levels[k].split else None)
+                for codec, (k, i) in zip(codecs, self.pieces)]
+
+    def chunk_ranges(self, n_images: int, chunk: int) -> list[tuple[int, int]]:
+        """Chunks as (first image, end) ranges when chunks hold whole images, otherwise as ranges of
+        units (then a chunk may end inside an image)."""
+        if self.whole_images:
+            per_chunk = max(1, chunk // self.units_per_image())
+            return [(i, min(n_images, i + per_chunk)) for i in range(0, n_images, per_chunk)]
+        total = self.unit_count()
+        return [(i, min(total, i + chunk)) for i in range(0, total, chunk)]
+
+    def encode(self, images: torch.Tensor, chunk: int, progress=None):
+        """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`)."""
+        self.adapt(images)
+        tick = _ticker(progress, self.unit_count())
+        ranges = self.chunk_ranges(len(images), chunk)
+        if self.whole_images:
+            pieces = (self.segments(images[a:b]) for a, b in ranges)  # tiles made chunk by chunk
+        else:
+            whole = self.segments(images)[0]
+            pieces = ([whole._replace(units=whole.units[a:b])] for a, b in ranges)
+        chunks, counts, stats = [], [], []
+        for index, segments in enumerate(pieces):
+            data, st = encode_segments(segments, chunk=index, progress=tick)
+            chunks.append(data)
+            counts.append(sum(len(s.units) for s in segments))
+            stats.append(st)
+        return chunks, counts, stats
+
+    def decode(self, chunks, counts, progress=None) -> torch.Tensor:
+        """Inverse of :meth:`encode` (``counts``: units per chunk)."""
+        tick = _ticker(progress, self.unit_count())
+        parts = []
+        for index, (data, count) in enumerate(zip(chunks, counts)):
+            n = count // self.units_per_image()
+            if self.whole_images and count != n * self.units_per_image():
+                raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
+            sizes = self.segment_sizes(n) if self.whole_images else [count]
+            try:
+                decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index,
+                                          progress=tick)
+            except BBCodecError:
+                raise
+            except (ValueError, RuntimeError, IndexError) as exc:
+                raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
+            parts.append(self._level_image(0, decoded, n) if self.whole_images else decoded[0])
+        if not self.levels:
+            return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
+        if not self.whole_images:
+            lvl = self.levels[0]
+            units = torch.cat(parts) if parts else torch.empty((0, 3, lvl.tile, lvl.tile), dtype=torch.uint8)
+            parts = [tiling.uncut([units], self.shape[0], lvl)]
+        x = torch.cat(parts)
+        return (x[:, 0] if self.grey else x).contiguous()
+
+    def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
+        """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""
+        return tiling.uncut([decoded[s] for s, (lk, _) in enumerate(self.pieces) if lk == k], n, self.levels[k])
+
+    def _given_for(self, n: int):
+        given_pieces = {}  # level -> its pieces' given tiles, made once the next level is decoded
+
+        def given_for(s, decoded):
+            k, i = self.pieces[s]
+            lvl = self.levels[k]
+            if not lvl.split:
+                return None
+            if k not in given_pieces:
+                given_pieces[k] = tiling.cut(tiling.given_image(self._level_image(k + 1, decoded, n), lvl), lvl)
+            return given_pieces[k][i]
+
+        return given_for if self.whole_images else None
+
+    def negative_elbo(self, images: torch.Tensor, seed: int = ELBO_SEED) -> dict:
+        """The model's negative ELBO in bits over all coded units (see the codecs'
+        ``negative_elbo``); pyramid levels count only the pixels they code."""
+        total = {"kl_bits": 0.0, "nll_bits": 0.0, "bits": 0.0}
+        for segment in self.segments(images):
+            kwargs = {"given": True} if segment.given is not None else {}
+            part = segment.codec.negative_elbo(segment.units, seed=seed, **kwargs)
+            total = {k: total[k] + part[k] for k in total}
+        return total
+
+    def stored_params(self) -> dict:
+        """The coding parameters the file stores (tiled models: the tile size used, too)."""
+        params = self.params.to_dict()
+        if self.arch.tiled:
+            params["tile"] = self.params.tile or self.loaded.config.get("patch")
+        return params
+
+
+def make_codec(loaded, coding: dict | None = None, shape=None):
+    """The batched codec for ``loaded`` (for images of ``shape``, needed for colour models)."""
+    if shape is None:
+        shape = (1, loaded.config.get("height", 28), loaded.config.get("width", 28))
+    return Layout(loaded, shape, coding).codecs()[0]
