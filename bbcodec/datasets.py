@@ -297,17 +297,16 @@ def plan_crops(images, size: int, count: int, generator: torch.Generator | None 
 
 
 def cut_crops(images, plan: CropPlan, size: int) -> torch.Tensor:
-    """The crops ``plan`` describes, ``(len(plan), C, size, size)`` uint8 (one gather per image)."""
-    channels = images[0].shape[0]
-    out = torch.empty((len(plan), channels, size, size), dtype=images[0].dtype)
-    ar = torch.arange(size)
-    for i in plan.index.unique().tolist():
-        sel = torch.nonzero(plan.index == i).squeeze(1)
-        rows = plan.top[sel, None] + ar
-        rows = torch.where(plan.vflip[sel, None], rows.flip(1), rows)
-        cols = plan.left[sel, None] + ar
-        cols = torch.where(plan.hflip[sel, None], cols.flip(1), cols)
-        out[sel] = images[i][:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+    """The crops ``plan`` describes, ``(len(plan), C, size, size)`` uint8: sliced (views, copied
+    once by the stack), then flipped for the whole batch at once."""
+    if not len(plan):
+        return torch.empty((0, images[0].shape[0], size, size), dtype=images[0].dtype)
+    out = torch.stack([images[i][:, t: t + size, l: l + size]
+                       for i, t, l in zip(plan.index.tolist(), plan.top.tolist(), plan.left.tolist())])
+    if bool(plan.hflip.any()):
+        out = torch.where(plan.hflip[:, None, None, None], out.flip(-1), out)
+    if bool(plan.vflip.any()):
+        out = torch.where(plan.vflip[:, None, None, None], out.flip(-2), out)
     return out
 
 
