@@ -488,6 +488,8 @@ def _parse_settings(pairs):
               help="random flips of the crops: left-right (h), also upside down (hv)")
 @click.option("--max-valid", default=0, metavar="N", help="use at most N validation crops, evenly spaced")
 @click.option("--grey", is_flag=True, help="train on the luminance (PIL convert('L')): a one-channel model")
+@click.option("--init", default="", metavar="MODEL",
+              help="fine-tune: start from this model's weights and configuration (name or path)")
 @click.option("--arch", default="context_vae", show_default=True, type=click.Choice(TRAINABLE_ARCHITECTURES))
 @click.option("--pixels", default="uint8", show_default=True, type=click.Choice(["uint8", "binary"]),
               help="binary: binarise the training images afresh every batch, and the test images with seed 0")
@@ -501,7 +503,7 @@ def _parse_settings(pairs):
 @click.option("--dataset-name", default="", help="dataset description for the model card")
 @click.option("--stop-after", default=0, help="stop after N epochs of this run (checkpointed; rerun to resume)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def train(data, out, test, valid, crop, crops_per_epoch, flips, max_valid, grey, arch, pixels, overrides, epochs,
+def train(data, out, test, valid, crop, crops_per_epoch, flips, max_valid, grey, init, arch, pixels, overrides, epochs,
           batch_size, lr, seed, max_train, max_test, dataset_name, stop_after, quiet):
     """Train a codec model on DATA (MNIST IDX, .npy, CIFAR-10 .bin[.gz], PNG files or folders).
 
@@ -516,7 +518,7 @@ def train(data, out, test, valid, crop, crops_per_epoch, flips, max_valid, grey,
     result = train_model(list(data), out, list(test), config=config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_train=max_train,
                          max_test=max_test, command=" ".join(["bbcodec"] + sys.argv[1:]), dataset_name=dataset_name,
                          progress=not quiet, stop_after=stop_after, valid=list(valid), crop=crop,
-                         crops_per_epoch=crops_per_epoch, max_valid=max_valid, grey=grey, flips=flips)
+                         crops_per_epoch=crops_per_epoch, max_valid=max_valid, grey=grey, flips=flips, init=init)
     if "sha256" in result:
         click.echo(f"wrote {out}.safetensors ({result['sha256'][:16]}...) and {out}.json; "
                    f"`bbcodec models --install {out}` makes it available by name")

@@ -60,6 +60,7 @@ class TrainSettings:
     max_valid: int = 0  # use at most N validation crops, evenly spaced (0: all)
     grey: bool = False  # train on luminance (PIL convert("L")): a one-channel model
     flips: str = "h"  # random flips of training crops: "none", "h" (left-right) or "hv" (also upside down)
+    init: str = ""  # start from this model's weights (name or path; its configuration is used)
 
 
 def warmup_cosine(total: int, warmup_fraction: float = 0.05):
@@ -251,6 +252,10 @@ def run(s: TrainSettings) -> dict:
         start_epoch, history, elapsed = state["epoch"], list(state["history"]), float(state["elapsed"])
         if rank == 0:
             print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
+    elif s.init:  # fine-tuning: the starting weights (the optimizer starts afresh)
+        from .zoo import load_model
+
+        model.load_state_dict(load_model(s.init).model.state_dict())
 
     per_rank = s.batch_size // world
     t_start = time.time() - elapsed
@@ -313,6 +318,7 @@ def run(s: TrainSettings) -> dict:
             "training_command": s.command,
             "training_seconds": round(time.time() - t_start, 1),
             "hardware": hardware() + (f", {world} processes" if world > 1 else ""),
+            **({"initialised_from": s.init} if s.init else {}),
             "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
             "grey": grey,
         }
@@ -385,7 +391,7 @@ def train(data, out, test=None, *, config: dict | None = None, arch: str | None 
           epochs: int = 10, batch_size: int = 128, lr: float = 2e-3, seed: int = 0, max_train: int = 0,
           max_test: int = 0, dataset_name: str = "", stop_after: int = 0, eval_every: int = 1,
           progress: bool = True, command: str | None = None, valid=None, crop: int = 0, crops_per_epoch: int = 0,
-          max_valid: int = 0, grey: bool = False, flips: str = "h") -> dict:
+          max_valid: int = 0, grey: bool = False, flips: str = "h", init: str = "") -> dict:
     """Train a codec model, as ``bbcodec train DATA... -o OUT`` does, and write ``OUT.safetensors`` +
     ``OUT.json`` (checkpointed in ``OUT.ckpt``; calling it again with the same settings resumes).
 
@@ -399,10 +405,16 @@ def train(data, out, test=None, *, config: dict | None = None, arch: str | None 
     ``patch``; default count: as many as the images' non-overlapping crops), flipped as ``flips``
     says (``"none"``, ``"h"``, ``"hv"``). ``valid`` (images of any sizes) is evaluated after every
     epoch on its grid crops (at most ``max_valid``, evenly spaced). ``grey`` trains a one-channel
-    model on the luminance. Returns :func:`run`'s result: ``history`` (per epoch), ``finished``, and once finished the
+    model on the luminance. ``init`` (a model name or path) fine-tunes: training starts from its
+    weights and configuration. Returns :func:`run`'s result: ``history`` (per epoch), ``finished``, and once finished the
     weights' ``sha256`` and the model's ``meta``. Install the result with
     ``bbcodec models --install OUT`` (or :func:`bbcodec.zoo.install_model`)."""
     extra = dict(config or {})
+    if init:  # fine-tuning: the starting model's configuration, with any settings given on top
+        from .zoo import load_model
+
+        extra = {**load_model(init).config, **{k: v for k, v in extra.items() if k not in ("arch", "pixels")}}
+        arch = pixels = None
     arch = arch or extra.pop("arch", "context_vae")
     pixels = pixels or extra.pop("pixels", "uint8")
     extra.pop("arch", None)
@@ -417,5 +429,5 @@ def train(data, out, test=None, *, config: dict | None = None, arch: str | None 
                              batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, max_train=max_train,
                              max_test=max_test, command=command, dataset_name=dataset_name, progress=progress,
                              stop_after=stop_after, valid=_paths(valid), crop=crop, crops_per_epoch=crops_per_epoch,
-                             max_valid=max_valid, grey=grey, flips=flips)
+                             max_valid=max_valid, grey=grey, flips=flips, init=str(init or ""))
     return run(settings)

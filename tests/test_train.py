@@ -76,3 +76,17 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((tmp_path / "ddp.json").read_text())["meta"]
     assert "2 processes" in meta["hardware"]
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path):
+    import torch
+
+    from bbcodec.training import train
+
+    run(settings(tmp_path / "base", epochs=1))
+    train([str(SAMPLE_IDX)], tmp_path / "tuned", init=str(tmp_path / "base"), epochs=1, lr=1e-12, batch_size=50,
+          max_train=100, progress=False)
+    base, tuned = load_model(tmp_path / "base"), load_model(tmp_path / "tuned")
+    assert tuned.config == base.config and tuned.meta["initialised_from"] == str(tmp_path / "base")
+    for (name, a), b in zip(base.model.state_dict().items(), tuned.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
