@@ -8,7 +8,8 @@ more layers, each quantised to ``2**latent_bits`` bins per dimension; layer 0 is
     prior(n, layer, above)     -> EntropyModel   # p(z_layer | z_above); default: N(0, 1) on its
                                                  # max-entropy bins, i.e. uniform bin indices
     likelihood(latents)        -> EntropyModel or Codec   # p(x | z), over the pixels
-    negative_elbo(x)           -> {"kl_bits": (N,), "nll_bits": (N,)}   float64 tensors
+    negative_elbo(x, generator) -> {"kl_bits": (N,), "nll_bits": (N,)}  float64 tensors; latent
+                                                 # samples drawn from the seeded ``generator``
 
 ``x`` is an int64 tensor ``(N, *image_shape)`` of pixel values (0..255, or 0/1 for binary
 models); ``above`` is the list of bin-index tensors ``(N, *latent_shapes[k])`` of the layers
@@ -61,7 +62,7 @@ class BitsBackModel:
     def likelihood(self, latents: list):
         raise NotImplementedError
 
-    def negative_elbo(self, x: torch.Tensor) -> dict:
+    def negative_elbo(self, x: torch.Tensor, generator=None) -> dict:
         raise NotImplementedError
 
     def fixed_latents(self, n: int) -> list:
@@ -97,16 +98,16 @@ def is_protocol_model(obj) -> bool:
 
 def measure_coding(model, images: torch.Tensor, sample: int = 64) -> dict:
     """A model's per-image costs measured on (up to ``sample`` of) ``images``, by coding them
-    (see :meth:`bbcodec.image_codec.BatchedImageCodec.measure`)."""
-    from .image_codec import ProtocolCodec
+    (see :meth:`bbcodec.image_codecs.base.BatchedImageCodec.measure`)."""
+    from .image_codecs import ProtocolCodec
 
     return ProtocolCodec(model).measure(images, sample)
 
 
 def default_coding(model, images: torch.Tensor) -> dict:
     """Coding defaults for a model that has none, measured on ``images`` (see
-    :func:`bbcodec.image_codec.coding_defaults`)."""
-    from .image_codec import coding_defaults
+    :func:`bbcodec.image_codecs.base.coding_defaults`)."""
+    from .image_codecs import coding_defaults
 
     return coding_defaults(measure_coding(model, images))
 
@@ -177,10 +178,10 @@ class GaussianVAE(BitsBackModel):
 
         return self._from_values(to_grid(em.bin_centres(latents[0], self.latent_bits)))
 
-    def negative_elbo(self, x, seed: int = 0):
+    def negative_elbo(self, x, generator=None):
         from .models.fixedpoint import to_grid
 
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
         x = x.to(torch.int64)
         mean, log_scale = self._encode(x)
         kl = 0.5 * (mean ** 2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(1) / math.log(2)

@@ -25,7 +25,7 @@ def test_seeded_mutations_are_refused_or_exact(corpus):
     failures = []
     for seed in range(CASES):
         _, name, what, outcome, seconds = fuzz.case(seed)
-        if fuzz.is_failure(outcome) or seconds > 20:
+        if fuzz.is_failure(outcome) or seconds > 60:  # a hang; loaded CI machines are slow
             failures.append((seed, name, what, outcome, round(seconds, 1)))
     assert not failures
 

@@ -1,10 +1,9 @@
-"""Coding whole greyscale images with a :class:`~bbcodec.models.context_vae.ContextVAE`: per batch,
-pop the latents with the posterior, push the four pixel groups with the grouped autoregressive
-likelihood, push the latents with the N(0, 1) prior on its max-entropy bins."""
+"""Coding whole greyscale images with a :class:`~bbcodec.models.context_vae.ContextVAE`, as a
+model of the protocol (:mod:`bbcodec.protocol`): per batch, pop the latents with the posterior,
+push the four pixel groups with the grouped autoregressive likelihood, push the latents with the
+N(0, 1) prior on its max-entropy bins."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -12,78 +11,56 @@ from .. import codecs as C
 from .. import detmath
 from .. import entropy_models as em
 from ..coding_params import CodingParams
-from ..models.fixedpoint import to_grid
+from ..models.fixedpoint import ExactNumerics, to_grid
 from ..models.likelihoods import BernoulliLikelihood
-from ..segments import ELBO_SEED
-from .base import BatchedImageCodec
+from ..protocol import BitsBackModel
+from .generic import ProtocolCodec
 
 
-class ContextVAECodec(BatchedImageCodec):
-    """Codes uint8 image tensors ``(N, H, W)`` with a ContextVAE."""
+class ContextVAEBitsBack(BitsBackModel):
+    """A :class:`~bbcodec.models.context_vae.ContextVAE` network as a protocol model, evaluated in
+    exact numerics: one latent layer ``(latent_dim,)``; the likelihood codes the pixel groups in
+    turn (binary pixels packed ``pack`` to a symbol)."""
 
-    def __init__(self, model, params: CodingParams | None = None):
-        super().__init__(model, params)
-        self.bits = self.cfg.latent_bits
-        self.binary = isinstance(model.likelihood, BernoulliLikelihood)
+    elbo_batch = 500
+
+    def __init__(self, net, precision: int = 24, pack: int = 14):
+        cfg = net.config
+        self.net, self.num = net, ExactNumerics()
+        self.image_shape, self.pixels = (cfg.height, cfg.width), cfg.pixels
+        self.latent_shapes, self.latent_bits = ((cfg.latent_dim,),), cfg.latent_bits
+        self.precision, self.pack = precision, pack
+        self.binary = isinstance(net.likelihood, BernoulliLikelihood)
         if self.binary:
-            for n in model.group_sizes():
-                if n % self.params.pack:
-                    raise ValueError(f"pack={self.params.pack} does not divide the group size {n}")
+            for n in net.group_sizes():
+                if n % pack:
+                    raise ValueError(f"pack={pack} does not divide the group size {n}")
 
-    def image_shape(self):
-        return (self.cfg.height, self.cfg.width)
-
-    # ------------------------------------------------------------------ pieces of one batch
-    def _split(self, x):
-        return self.model.split_groups(x)
-
-    def _join(self, parts):
-        return self.model.join_groups(parts)
-
-    def _fixed_latents(self, size):
-        return torch.full((size, self.cfg.latent_dim), 1 << (self.bits - 1), dtype=torch.int64)
-
-    def _posterior(self, x):
-        mean, log_scale = self.model.posterior(x, self.num)
-        return C.Spread(em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.bits, precision=self.params.precision))
-
-    def _prior(self, size):
-        return C.Spread(em.Uniform(1 << self.bits, (size, self.cfg.latent_dim)))
+    def posterior(self, x, layer, above):
+        mean, log_scale = self.net.posterior(x, self.num)
+        return em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.latent_bits, precision=self.precision)
 
     def _group_codec(self, g, feats, previous):
-        raw = self.model.head(g, feats, previous, self.num)
+        raw = self.net.head(g, feats, previous, self.num)
         if self.binary:
-            pack = self.params.pack
-            model = self.model.likelihood.packed_model(raw, pack)
+            pack = self.pack
+            model = self.net.likelihood.packed_model(raw, pack)
             return C.Transform(C.Spread(model), lambda x: em.PackedBernoulli.pack(x.reshape(x.shape[0], -1, pack)),
                                lambda s: em.PackedBernoulli.unpack(s, pack).reshape(s.shape[0], -1))
-        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision))
+        return C.Spread(self.net.likelihood.entropy_model(raw, self.precision))
 
-    def _likelihood(self, z, given=None):
-        if given is not None:
-            raise ValueError("this codec cannot use known pixels")
-        values = to_grid(em.bin_centres(z, self.bits))
-        feats = self.model.features(values, self.num)
-        return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.model.groups)
+    def likelihood(self, latents):
+        feats = self.net.features(to_grid(em.bin_centres(latents[0], self.latent_bits)), self.num)
+        groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.net.groups)
+        return C.Transform(groups, self.net.split_groups, self.net.join_groups)
 
-    # ------------------------------------------------------------------ the model's rate
-    def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = ELBO_SEED) -> dict:
-        """The model's negative ELBO in bits (exact networks, analytic KL, one latent sample per
-        image from a seeded generator), summed over images."""
-        gen = torch.Generator().manual_seed(seed)
-        kl_bits = nll_bits = 0.0
-        lik = self.model.likelihood
-        with torch.inference_mode():
-            for i in range(0, len(images), batch):
-                x = images[i: i + batch].to(torch.int64)
-                mean, log_scale = self.model.posterior(x, self.num)
-                kl = 0.5 * (mean ** 2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum()
-                eps = torch.randn(mean.shape, generator=gen, dtype=torch.float64)
-                z = to_grid(mean + eps * torch.exp(log_scale))
-                feats = self.model.features(z, self.num)
-                groups = self.model.split_groups(x)
-                for g in range(self.model.groups):
-                    raw = self.model.head(g, feats, groups[:g], self.num)
-                    nll_bits -= lik.log_prob(groups[g], raw).sum().item() / math.log(2)
-                kl_bits += kl.item() / math.log(2)
-        return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
+    def negative_elbo(self, x, generator=None):
+        return self.net.negative_elbo(x, self.num, generator)
+
+
+class ContextVAECodec(ProtocolCodec):
+    """Codes uint8 image tensors ``(N, H, W)`` with a ContextVAE (through :class:`ContextVAEBitsBack`)."""
+
+    def __init__(self, model, params: CodingParams | None = None):
+        params = params or CodingParams()
+        super().__init__(ContextVAEBitsBack(model, params.precision, params.pack), params)

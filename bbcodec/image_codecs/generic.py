@@ -34,21 +34,28 @@ class ProtocolCodec(BatchedImageCodec):
         return self._layers(lambda k, above: self.model.posterior(x, k, above))
 
     def _likelihood(self, z, given=None):
-        if given is not None:
-            raise ValueError("this codec cannot use known pixels")
-        lik = self.model.likelihood(list(z))
+        if given is None:
+            lik = self.model.likelihood(list(z))
+        elif getattr(self.model, "takes_given", False):
+            lik = self.model.likelihood(list(z), given=given)
+        else:
+            raise ValueError("this model cannot use known pixels")
         return lik if isinstance(lik, C.Codec) else C.Spread(lik)
 
     def _fixed_latents(self, size):
         return tuple(self.model.fixed_latents(size))
 
-    def negative_elbo(self, images: torch.Tensor, batch: int = 500, seed: int = ELBO_SEED) -> dict:
-        """The model's negative ELBO in bits, summed over images (its own definition; ``seed`` is
-        not used)."""
+    def negative_elbo(self, images: torch.Tensor, batch: int | None = None, seed: int = ELBO_SEED, **kwargs) -> dict:
+        """The model's negative ELBO in bits, summed over images: its own definition, in batches
+        of ``batch`` (default the model's ``elbo_batch``, else 500) with any latent samples drawn
+        from one generator seeded with ``seed``. ``kwargs`` go to the model (``given=True``: the
+        given pixels do not count)."""
+        gen = torch.Generator().manual_seed(seed)
+        batch = batch or getattr(self.model, "elbo_batch", 500)
         kl_bits = nll_bits = 0.0
         with torch.inference_mode():
             for i in range(0, len(images), batch):
-                part = self.model.negative_elbo(images[i: i + batch].to(torch.int64))
+                part = self.model.negative_elbo(images[i: i + batch].to(torch.int64), generator=gen, **kwargs)
                 kl_bits += float(part["kl_bits"].sum())
                 nll_bits += float(part["nll_bits"].sum())
         return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
