@@ -6,7 +6,6 @@ pixel level coarse to fine, one per channel), as the context VAE's is over four.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -15,10 +14,10 @@ from .. import codecs as C
 from .. import detmath
 from .. import entropy_models as em
 from ..coding_params import CodingParams
-from ..models.fixedpoint import to_grid
+from ..models.fixedpoint import ExactNumerics, to_grid
+from ..protocol import BitsBackModel
 from ..scale_maps import scale_map
-from ..segments import ELBO_SEED
-from .base import BatchedImageCodec
+from .generic import ProtocolCodec
 
 
 class _Copy(C.Codec):
@@ -35,141 +34,118 @@ class _Copy(C.Codec):
         return self.value
 
 
-class HierarchicalVAECodec(BatchedImageCodec):
-    """Codes uint8 colour tiles ``(N, C, T, T)`` with a :class:`HierarchicalVAE`.
+class HierarchicalVAEBitsBack(BitsBackModel):
+    """A :class:`~bbcodec.models.hierarchical_vae.HierarchicalVAE` network as a protocol model
+    for ``tile x tile`` tiles, evaluated in exact numerics.
 
-    One batch is one bits-back step over the latent pair ``(z2, z1)`` (HiLLoC order): pop ``z2``
-    with ``q(z2|x)`` on N(0, 1)'s max-entropy bins, pop ``z1`` with ``q(z1|x)`` on the bins of equal
-    mass under ``p(z1|z2)``, push the sub-pixel groups, push ``z1`` and ``z2`` as uniform bin
-    indices. With ``grey=True`` only the first channel is coded; the others are copies of it.
+    Two latent layers in HiLLoC order: ``z2`` on N(0, 1)'s max-entropy bins, then ``z1`` on the
+    bins of equal mass under ``p(z1|z2)`` (so both priors are uniform bin indices). The likelihood
+    codes the sub-pixel groups coarse to fine, each log-scale mapped by its scale map. With
+    ``grey`` only the first channel's groups are coded (the others are copies of it); with
+    ``given`` tiles (:meth:`likelihood`) the first pixel level (every fourth pixel of every fourth
+    row, all channels) is taken from them instead of being coded.
+    """
+
+    takes_given = True
+
+    def __init__(self, net, tile: int, precision: int = 24, grey: bool = False, scale_maps=None):
+        cfg = net.config
+        self.net, self.num, self.tile, self.grey = net, ExactNumerics(), tile, grey
+        self.image_shape, self.pixels = (cfg.channels, tile, tile), "uint8"
+        self.latent_shapes = ((cfg.z2_channels, tile // 4, tile // 4), (cfg.z1_channels, tile // 2, tile // 2))
+        self.latent_bits, self.precision = cfg.latent_bits, precision
+        self.scale_maps = scale_maps
+        self.given_groups = cfg.channels  # the first level: one group per channel
+        self.elbo_batch = max(1, int(200 * (cfg.patch / tile) ** 2))
+        self._cached = (None, None)
+
+    def _posterior_parameters(self, x):
+        """``q(z|x)``'s parameters, computed once for the two layers popped (or pushed) in turn."""
+        if self._cached[0] is not x:
+            self._cached = (x, self.net.posterior(x, self.num))
+        return self._cached[1]
+
+    def _prior1(self, z2_bins):
+        pm, log_ps = self.net.prior1(to_grid(em.bin_centres(z2_bins, self.latent_bits)), self.num)
+        return pm, detmath.exp_scale(log_ps)
+
+    def posterior(self, x, layer, above):
+        (m1, s1), (m2, s2) = self._posterior_parameters(x)
+        if layer == 0:
+            return em.GaussianOnBins(m2, detmath.exp_scale(s2), self.latent_bits, precision=self.precision)
+        pm, ps = self._prior1(above[0])
+        return em.GaussianOnBins(m1, detmath.exp_scale(s1), self.latent_bits, pm, ps, precision=self.precision)
+
+    def _group_codec(self, group, feats, previous, given_parts):
+        channels = self.net.config.channels
+        if given_parts is not None and group < self.given_groups:
+            return _Copy(given_parts[group])
+        if self.grey and group % channels:
+            return _Copy(previous[group - group % channels])
+        t = self.tile
+        raw = self.net.head(group, feats, self.net.known_from_parts(previous, t, t), t, t, self.num)
+        return C.Spread(self.net.likelihood.entropy_model(raw, self.precision, self.scale_maps[group]))
+
+    def likelihood(self, latents, given=None):
+        z2_bins, z1_bins = latents
+        pm, ps = self._prior1(z2_bins)
+        feats = self.net.features(to_grid(em.bin_centres(z1_bins, self.latent_bits, pm, ps)), self.num)
+        given_parts = None if given is None else self.net.split_steps(given)
+        groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev, given_parts), self.net.steps)
+        return C.Transform(groups, self.net.split_steps, lambda parts: self.net.join_steps(parts, self.tile, self.tile))
+
+    def coded_groups(self, given: bool) -> list[int]:
+        """The pixel groups that are coded: not given, and not copies of the first channel."""
+        channels = self.net.config.channels
+        first = self.given_groups if given else 0
+        return [g for g in range(first, self.net.steps) if not (self.grey and g % channels)]
+
+    def negative_elbo(self, x, generator=None, given: bool = False):
+        """The network's own definition over the coded groups (with ``given``: not the first level)."""
+        return self.net.negative_elbo(x, self.num, generator, steps=self.coded_groups(given), scale_maps=self.scale_maps)
+
+
+class HierarchicalVAECodec(ProtocolCodec):
+    """Codes uint8 colour tiles ``(N, C, T, T)`` with a :class:`HierarchicalVAE` (through
+    :class:`HierarchicalVAEBitsBack`).
 
     ``tile`` (a multiple of 4; default the model's training patch) is the coded unit's size: the
     networks are fully convolutional, and larger tiles lose less context at their borders. The
     per-image estimates in ``params`` are per training patch and are scaled to the tile's area.
-    With ``given`` tiles (see :meth:`_batch_codec`), the first pixel level (every fourth pixel of
-    every fourth row, all channels) is taken from them instead of being coded. ``scale_shifts``
-    and ``scale_slopes`` (one integer per pixel group each, default zeros) map each group's
-    log-scales (:mod:`bbcodec.scale_maps`).
+    ``scale_shifts`` and ``scale_slopes`` (one integer per pixel group each, default zeros) map
+    each group's log-scales (:mod:`bbcodec.scale_maps`).
     """
 
     def __init__(self, model, params: CodingParams | None = None, grey: bool = False,
                  tile: int | None = None, scale_shifts=None, scale_slopes=None):
-        super().__init__(model, params)
         groups = model.steps
         shifts, slopes = tuple(scale_shifts or (0,) * groups), tuple(scale_slopes or (0,) * groups)
         if len(shifts) != groups or len(slopes) != groups:
             raise ValueError(f"scale shifts and slopes must be given for all {groups} pixel steps")
-        self.scale_maps = [scale_map(shift, slope) for shift, slope in zip(shifts, slopes)]
-        self.bits = self.cfg.latent_bits
-        self.grey = grey
-        t = self.tile = int(tile or self.cfg.patch)
+        t = int(tile or model.config.patch)
         if t < 4 or t % 4:
             raise ValueError(f"tile size {t} is not a positive multiple of 4")
-        area = (t / self.cfg.patch) ** 2
-        pp = self.params
-        self.params = replace(pp, batch=max(1, int(pp.batch / area)), bits_per_image=pp.bits_per_image * area,
-                              pop_bits_per_image=pp.pop_bits_per_image * area,
-                              lanes_per_image=max(1, round(pp.lanes_per_image * area)))
-        self.z1_shape = (self.cfg.z1_channels, t // 2, t // 2)
-        self.z2_shape = (self.cfg.z2_channels, t // 4, t // 4)
-        self.given_groups = self.cfg.channels  # the first level: one group per channel
-
-    def image_shape(self):
-        return (self.cfg.channels, self.tile, self.tile)
-
-    def _z2_values(self, bins):
-        return to_grid(em.bin_centres(bins, self.bits))
-
-    def _prior1(self, z2_bins):
-        pm, log_ps = self.model.prior1(self._z2_values(z2_bins), self.num)
-        return pm, detmath.exp_scale(log_ps)
-
-    def _posterior(self, x):
-        (m1, s1), (m2, s2) = self.model.posterior(x, self.num)
-        p = self.params.precision
-
-        def layer(i, previous):
-            if i == 0:
-                return C.Spread(em.GaussianOnBins(m2, detmath.exp_scale(s2), self.bits, precision=p))
-            pm, ps = self._prior1(previous[0])
-            return C.Spread(em.GaussianOnBins(m1, detmath.exp_scale(s1), self.bits, pm, ps, precision=p))
-
-        return C.AutoregressiveGroups(layer, 2)
-
-    def _prior(self, size):
-        return C.Sequence([C.Spread(em.Uniform(1 << self.bits, (size,) + self.z2_shape)),
-                           C.Spread(em.Uniform(1 << self.bits, (size,) + self.z1_shape))])
-
-    def _group_codec(self, group, feats, previous, given_parts):
-        if given_parts is not None and group < self.given_groups:
-            return _Copy(given_parts[group])
-        if self.grey and group % self.cfg.channels:
-            return _Copy(previous[group - group % self.cfg.channels])
-        t = self.tile
-        raw = self.model.head(group, feats, self.model.known_from_parts(previous, t, t), t, t, self.num)
-        return C.Spread(self.model.likelihood.entropy_model(raw, self.params.precision, self.scale_maps[group]))
-
-    def _coded_groups(self, given: bool) -> list[int]:
-        """The pixel groups that are coded: not given, and not copies of the first channel."""
-        first = self.given_groups if given else 0
-        return [g for g in range(first, self.model.steps) if not (self.grey and g % self.cfg.channels)]
-
-    def _head_outputs(self, x, z1, given: bool):
-        """``(group, sub-pixels, raw likelihood parameters)`` of each coded group of tiles ``x``."""
-        t = self.tile
-        feats = self.model.features(z1, self.num)
-        parts = self.model.split_steps(x)
-        known = self.model.known_from_image(x)
-        for group in self._coded_groups(given):
-            yield group, parts[group], self.model.head(group, feats, known, t, t, self.num)
+        pp = params or CodingParams()
+        area = (t / model.config.patch) ** 2
+        params = replace(pp, batch=max(1, int(pp.batch / area)), bits_per_image=pp.bits_per_image * area,
+                         pop_bits_per_image=pp.pop_bits_per_image * area,
+                         lanes_per_image=max(1, round(pp.lanes_per_image * area)))
+        maps = [scale_map(shift, slope) for shift, slope in zip(shifts, slopes)]
+        super().__init__(HierarchicalVAEBitsBack(model, t, params.precision, grey, maps), params)
+        self.net, self.tile, self.grey, self.scale_maps = model, t, grey, maps
 
     def sample_outputs(self, images: torch.Tensor, given: bool = False) -> dict:
         """For choosing scale maps: ``{group: (sub-pixels (M,), raw parameters (M, nout))}`` of the
         coded groups of tiles ``images``, decoded from their posterior means (exact networks)."""
+        net, num, t = self.net, self.model.num, self.tile
         with torch.inference_mode():
             x = images.to(torch.int64)
-            (m1, _), _ = self.model.posterior(x, self.num)
-            return {group: (sym.reshape(-1), raw.reshape(-1, raw.shape[-1]))
-                    for group, sym, raw in self._head_outputs(x, to_grid(m1), given)}
-
-    def _likelihood(self, z, given=None):
-        z2_bins, z1_bins = z
-        pm, ps = self._prior1(z2_bins)
-        z1 = to_grid(em.bin_centres(z1_bins, self.bits, pm, ps))
-        feats = self.model.features(z1, self.num)
-        given_parts = None if given is None else self._split(given)
-        return C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev, given_parts), self.model.steps)
-
-    def _split(self, x):
-        return self.model.split_steps(x)
-
-    def _join(self, parts):
-        return self.model.join_steps(parts, self.tile, self.tile)
-
-    def _fixed_latents(self, size):
-        centre = 1 << (self.bits - 1)
-        return (torch.full((size,) + self.z2_shape, centre, dtype=torch.int64),
-                torch.full((size,) + self.z1_shape, centre, dtype=torch.int64))
-
-    def negative_elbo(self, images: torch.Tensor, batch: int = 200, seed: int = ELBO_SEED, given: bool = False) -> dict:
-        """Negative ELBO in bits (exact networks, analytic KLs given one seeded z2 sample, one z1
-        sample), summed over tiles. In grey mode only the first channel's terms count; with
-        ``given`` the first level's terms do not count."""
-        from ..models.hierarchical_vae import gaussian_kl
-
-        gen = torch.Generator().manual_seed(seed)
-        kl_bits = nll_bits = 0.0
-        lik = self.model.likelihood
-        batch = max(1, int(batch * (self.cfg.patch / self.tile) ** 2))
-        with torch.inference_mode():
-            for i in range(0, len(images), batch):
-                x = images[i: i + batch].to(torch.int64)
-                (m1, s1), (m2, s2) = self.model.posterior(x, self.num)
-                z2 = to_grid(m2 + torch.randn(m2.shape, generator=gen, dtype=torch.float64) * torch.exp(s2))
-                pm, log_ps = self.model.prior1(z2, self.num)
-                z1 = to_grid(m1 + torch.randn(m1.shape, generator=gen, dtype=torch.float64) * torch.exp(s1))
-                kl = gaussian_kl(m1, s1, pm, log_ps).sum() + gaussian_kl(m2, s2, 0.0, 0.0).sum()
-                for group, sym, raw in self._head_outputs(x, z1, given):
-                    nll_bits -= lik.log_prob(sym, raw, self.scale_maps[group]).sum().item() / math.log(2)
-                kl_bits += kl.item() / math.log(2)
-        return {"kl_bits": kl_bits, "nll_bits": nll_bits, "bits": kl_bits + nll_bits}
+            (m1, _), _ = net.posterior(x, num)
+            feats = net.features(to_grid(m1), num)
+            parts = net.split_steps(x)
+            known = net.known_from_image(x)
+            out = {}
+            for group in self.model.coded_groups(given):
+                raw = net.head(group, feats, known, t, t, num)
+                out[group] = (parts[group].reshape(-1), raw.reshape(-1, raw.shape[-1]))
+            return out
