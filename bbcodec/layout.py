@@ -41,7 +41,11 @@ class Layout:
         self.arch = architecture(loaded.config.get("arch"))
         defaults = dict(loaded.meta.get("coding", {}))
         self.params, self.options = split_coding({**defaults, **(coding or {})})
-        self.grey = self.arch.tiled and len(self.shape) == 3
+        # grey images: a colour model codes them in its grey mode (channels 2 and 3 are copies of
+        # the first); a one-channel model (trained on luminance) codes them as they are
+        one_channel = loaded.config.get("channels", 3) == 1
+        self.grey = self.arch.tiled and len(self.shape) == 3 and not one_channel
+        self.luminance = self.arch.tiled and len(self.shape) == 3 and one_channel
         self.levels = []
         if self.arch.tiled:
             h, w = self.shape[-2:]
@@ -97,7 +101,7 @@ class Layout:
         codecs = self.codecs()
         if not self.levels:
             return [Segment(codecs[0], images)]
-        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images
+        x = images.unsqueeze(1).expand(-1, 3, -1, -1) if self.grey else images.unsqueeze(1) if self.luminance else images
         tiles = [tiling.cut(img, lvl) for lvl, img in zip(self.levels, tiling.level_images(x, self.levels))]
         return [Segment(codec, tiles[k][i], tiles[k][i] if self.levels[k].split else None)
                 for codec, (k, i) in zip(codecs, self.pieces)]
@@ -150,10 +154,11 @@ class Layout:
             return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
         if not self.whole_images:
             lvl = self.levels[0]
-            units = torch.cat(parts) if parts else torch.empty((0, 3, lvl.tile, lvl.tile), dtype=torch.uint8)
+            channels = self.loaded.config.get("channels", 3)
+            units = torch.cat(parts) if parts else torch.empty((0, channels, lvl.tile, lvl.tile), dtype=torch.uint8)
             parts = [tiling.uncut([units], self.shape[0], lvl)]
         x = torch.cat(parts)
-        return (x[:, 0] if self.grey else x).contiguous()
+        return (x[:, 0] if self.grey or self.luminance else x).contiguous()
 
     def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
         """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""

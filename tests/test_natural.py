@@ -277,3 +277,21 @@ def test_cli_adapt_option(tmp_path, colour_model):
         assert bool(info["coding"].get("scale_shifts")) == stored
         run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q", "-f")
         assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)
+
+
+def test_one_channel_model_codes_grey_images_as_they_are(tmp_path):
+    """A hierarchical model trained on luminance (channels=1) codes grey pictures directly."""
+    from bbcodec.models.hierarchical_vae import HierarchicalVAE, HierarchicalVAEConfig
+    from bbcodec.zoo import save_model
+
+    torch.manual_seed(0)
+    cfg = HierarchicalVAEConfig(patch=8, width=8, z1_channels=2, z2_channels=2, features=4, head_hidden=8,
+                                context=3, components=2, channels=1)
+    meta = {"coding": {"bits_per_image": 500.0, "batch": 8, "lanes_per_image": 8, "initial_lanes": 8,
+                       "pyramid": 16, "tile": 16}}
+    save_model(HierarchicalVAE(cfg).eval(), tmp_path / "grey", meta)
+    x = torch.randint(0, 256, (2, 21, 19), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    data = api.compress_images(x, str(tmp_path / "grey"), fallback=False)
+    assert torch.equal(api.decompress_images(data, str(tmp_path / "grey")), x)
+    with pytest.raises(api.UsageError, match="1-channel"):
+        api.compress_images(torch.zeros((1, 3, 8, 8), dtype=torch.uint8), str(tmp_path / "grey"))
