@@ -32,7 +32,9 @@ from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
-COLOUR_MODEL = "cifar10-rgb"
+COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
+PHOTO_MODEL = "photo-rgb"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
+PHOTO_SIZE = 64
 
 
 # ------------------------------------------------------------------------------ models
@@ -42,9 +44,12 @@ def _colour(images: torch.Tensor) -> str:
 
 def default_model(images: torch.Tensor, pixels: str) -> str:
     """The embedded model for these images: MNIST models for 28x28 greyscale (binary or 8-bit),
-    the colour model for everything else (greyscale images of other sizes in its grey mode)."""
+    the photo model for images at least :data:`PHOTO_SIZE` pixels on the shorter side, the CIFAR
+    model for smaller ones (greyscale images in the colour models' grey mode)."""
     if images.dim() == 3 and tuple(images.shape[-2:]) == (28, 28):
         return MNIST_MODELS[pixels]
+    if min(images.shape[-2:]) >= PHOTO_SIZE and PHOTO_MODEL in embedded_models():
+        return PHOTO_MODEL
     return COLOUR_MODEL
 
 

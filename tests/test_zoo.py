@@ -10,7 +10,7 @@ from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
 from helpers import SAMPLES, sample_binary, sample_images
 
-EXPECTED = {"mnist-uint8", "mnist-binary", "cifar10-rgb"}
+EXPECTED = {"mnist-uint8", "mnist-binary", "cifar10-rgb", "photo-rgb"}
 
 
 def test_expected_models_are_embedded_with_cards():
@@ -49,3 +49,9 @@ def test_colour_model_on_cifar_sample(tmp_path):
     api.decompress(tmp_path / "c.bbc", tmp_path / "restored.bin")
     assert (tmp_path / "restored.bin").read_bytes() == src.read_bytes()
     assert 8 * (tmp_path / "c.bbc").stat().st_size / (20 * 3072) < 5.0
+
+
+def test_photographs_get_the_photo_model_and_thumbnails_the_cifar_one():
+    assert api.default_model(torch.zeros((1, 3, 64, 96), dtype=torch.uint8), "uint8") == "photo-rgb"
+    assert api.default_model(torch.zeros((1, 100, 64), dtype=torch.uint8), "uint8") == "photo-rgb"
+    assert api.default_model(torch.zeros((5, 3, 32, 32), dtype=torch.uint8), "uint8") == "cifar10-rgb"
