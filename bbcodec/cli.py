@@ -117,7 +117,7 @@ class _Group(click.Group):
 @click.version_option(package_name="bbcodec")
 @click.option("-v", "--verbose", is_flag=True, help="more detail, and tracebacks of internal errors")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads for the networks (default: the CPUs this process may use, at most 8; "
+              help="CPU threads for the networks (default: half the CPUs this process may use, 1 to 8; "
                    "BBCODEC_THREADS also sets it); results do not depend on it")
 def main(verbose, threads):
     """bbcodec: lossless compression by bits-back coding with VAEs.
