@@ -473,7 +473,7 @@ def _parse_settings(pairs):
 
 @main.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-o", "--out", required=True, type=click.Path(), help="output model path stem (writes STEM.safetensors, STEM.json, STEM.ckpt)")
+@click.option("-o", "--out", required=True, type=click.Path(), help="output model path stem (writes STEM.safetensors, STEM.json, and the checkpoint folder STEM.ckpt)")
 @click.option("--test", "test", multiple=True, type=click.Path(exists=True),
               help="test data (images of the training shape) for evaluation after every epoch")
 @click.option("--valid", "valid", multiple=True, type=click.Path(exists=True),

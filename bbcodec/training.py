@@ -7,8 +7,8 @@ epoch draws ``crops_per_epoch`` fresh random crops (seeded by the seed and the e
 run draws the crops an uninterrupted one would), and ``valid`` images are evaluated on their
 non-overlapping grid crops after every epoch (the same crops every time).
 
-Checkpoints (``OUT.ckpt``) hold only tensors and plain values and load with
-``torch.load(weights_only=True)``; the finished model is written as ``OUT.safetensors`` +
+Checkpoints (the folder ``OUT.ckpt``) are safetensors plus JSON, no pickle (see
+:func:`save_checkpoint`); the finished model is written as ``OUT.safetensors`` +
 ``OUT.json``, with the training command, time, hardware and test bits/dim in its metadata.
 
 :func:`train` takes the settings of ``bbcodec train`` (it is ``bbcodec.train`` in the package
@@ -240,7 +240,7 @@ def run(s: TrainSettings) -> dict:
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     start_epoch, history, elapsed = 0, [], 0.0
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        state = load_checkpoint(ckpt_path, device)
         if state.get("config") != model.config.to_dict():
             raise TrainingError(f"{ckpt_path} was made with another model configuration; remove it or choose another --out")
         if state.get("data", data_settings) != data_settings:
@@ -306,10 +306,10 @@ def run(s: TrainSettings) -> dict:
         history.append(record)
         if rank == 0:
             print(_line(record, s.epochs, time.time() - t_epoch), flush=True)
-            tmp = ckpt_path.with_suffix(".ckpt.tmp")
-            torch.save({"config": model.config.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1, "history": history, "elapsed": time.time() - t_start, "data": data_settings}, tmp)
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, {"config": model.config.to_dict(), "model": model.state_dict(),
+                                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                        "epoch": epoch + 1, "history": history, "elapsed": time.time() - t_start,
+                                        "data": data_settings})
     result = {"history": history, "finished": last_epoch == s.epochs}
     if rank == 0 and last_epoch == s.epochs:
         meta = {
@@ -356,6 +356,68 @@ def _coding_sample(photos, patch: int, crop: int, n: int = 256) -> torch.Tensor:
     if not len(sample) and crop:
         sample = grid_crops(photos, crop)
     return sample[evenly(len(sample), n)]
+
+
+def _split_tensors(obj, tensors: dict, prefix: str = "t"):
+    """``obj`` (nested dicts, lists, tensors and plain values) as JSON-able values, its tensors
+    moved to ``tensors`` under path-like names and replaced by ``{"tensor": name}``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"tensor": prefix}
+    if isinstance(obj, dict):  # keys may be ints (optimizer state): kept as [key, value] pairs
+        return {"items": [[k, _split_tensors(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def _join_tensors(obj, tensors: dict, device):
+    if isinstance(obj, dict) and set(obj) == {"tensor"}:
+        return tensors[obj["tensor"]].to(device)
+    if isinstance(obj, dict):
+        return {k: _join_tensors(v, tensors, device) for k, v in obj["items"]}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors, device) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` (model and optimizer state dicts, schedule, history) to the folder ``path``:
+    its tensors in ``state.safetensors``, the rest in ``state.json`` (no pickle). The JSON, written
+    last, holds the SHA-256 of the tensors file, so a write cut short is detected on loading."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.is_file():  # a checkpoint of the earlier single-file format: replaced
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    tensors: dict = {}
+    doc = {"format": 1, "state": _split_tensors(state, tensors)}
+    save_file(tensors, str(path / "state.safetensors.tmp"))
+    doc["tensors_sha256"] = hashlib.sha256((path / "state.safetensors.tmp").read_bytes()).hexdigest()
+    (path / "state.json.tmp").write_text(json.dumps(doc))
+    (path / "state.safetensors.tmp").replace(path / "state.safetensors")
+    (path / "state.json.tmp").replace(path / "state.json")
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """Inverse of :func:`save_checkpoint`; also reads the earlier single-file format (a torch file
+    of tensors and plain values, loaded with ``weights_only=True``)."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        return torch.load(path, map_location=device, weights_only=True)
+    doc = json.loads((path / "state.json").read_text())
+    if hashlib.sha256((path / "state.safetensors").read_bytes()).hexdigest() != doc["tensors_sha256"]:
+        raise TrainingError(f"{path}: the checkpoint's tensors do not match its state.json (a write was cut short)")
+    return _join_tensors(doc["state"], load_file(str(path / "state.safetensors")), device)
 
 
 def measured_coding(model, images: torch.Tensor) -> dict:
