@@ -59,26 +59,22 @@ def choose_model(images: torch.Tensor, pixels: str, model=None):
         model = default_model(images, pixels)
         if model not in embedded_models():
             raise UsageError(f"the default model {model!r} is not installed; pass --model")
-    loaded = resolve_model(model, images)
+    loaded = resolve_model(model)
     check_compatible(loaded, images, pixels)
+    if is_protocol_model(loaded.model) and not loaded.meta.get("coding"):  # measured on the data
+        loaded.meta["coding"] = default_coding(loaded.model, images)
     return loaded
 
 
-def resolve_model(model, images: torch.Tensor | None = None):
+def resolve_model(model):
     """A :class:`~bbcodec.zoo.LoadedModel` for a model name or path, or for a model object of the
-    protocol (:mod:`bbcodec.protocol`), whose start-up estimates are then measured on ``images``
-    (the data being compressed) unless the object carries ``coding`` defaults of its own."""
+    protocol (:mod:`bbcodec.protocol`), with the object's own ``coding`` defaults if it has any
+    (else :func:`choose_model` measures them on the data)."""
     if not is_protocol_model(model):
         return load_model(model)
     from .zoo import LoadedModel
 
     coding = dict(getattr(model, "coding", None) or {})
-    want = tuple(model.image_shape)
-    if images is not None and tuple(images.shape[1:]) != want:
-        raise UsageError(f"model {getattr(model, 'name', 'custom')} codes images of shape {want}; "
-                         f"the data has {tuple(images.shape[1:])}")
-    if images is not None and not coding:
-        coding = default_coding(model, images)
     config = {"arch": "protocol", "pixels": model.pixels}
     return LoadedModel(getattr(model, "name", "custom"), model, config, {"coding": coding}, model.identity())
 
@@ -137,25 +133,26 @@ def _padding_ratio(loaded, images: torch.Tensor, coding) -> float:
 def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, coding, chunk, progress,
                      fallback: bool = True):
     """The smaller of the model's coding of ``f`` and the fallback that stores ``payload`` (the
-    restored bytes, zlib-compressed where that helps); returns ``(container, model name, note)``.
+    restored bytes, zlib-compressed where that helps); returns ``(file bytes, method, model name,
+    note)``.
     Images the model's tiles would mostly pad are stored without trying the model. With
     ``fallback=False`` the model codes the data whatever the size."""
     stored = Container.stored(f.kind, list(f.images.shape), payload_sha, payload)
     how = "stored with zlib" if stored.method == ZLIB else "stored as is (zlib would not shrink it)"
     if len(f.images) == 0:
-        return stored, None, f"no images: {how}"
+        return stored.to_bytes(), stored.method, None, f"no images: {how}"
     loaded = choose_model(f.images, f.pixels, model)
+    if fallback and _padding_ratio(loaded, f.images, coding) > MAX_PADDING:
+        return stored.to_bytes(), stored.method, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are "
+                                                        f"too small or narrow for {loaded.name}'s tiles: {how}")
+    coded = _container_for(loaded, f, coding, chunk, progress)[0].to_bytes()
     if not fallback:
-        return _container_for(loaded, f, coding, chunk, progress)[0], loaded.name, None
-    if _padding_ratio(loaded, f.images, coding) > MAX_PADDING:
-        return stored, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are too small or narrow for "
-                              f"{loaded.name}'s tiles: {how}")
-    box, _ = _container_for(loaded, f, coding, chunk, progress)
-    coded, fallback = len(box.to_bytes()), len(stored.to_bytes())
-    if coded <= fallback:
-        return box, loaded.name, None
-    return stored, None, (f"{loaded.name} codes this data in {coded:,} bytes, more than the {fallback:,} of the "
-                          f"fallback: {how}")
+        return coded, CODED, loaded.name, None
+    plain = stored.to_bytes()
+    if len(coded) <= len(plain):
+        return coded, CODED, loaded.name, None
+    return plain, stored.method, None, (f"{loaded.name} codes this data in {len(coded):,} bytes, more than the "
+                                        f"{len(plain):,} of the fallback: {how}")
 
 
 def tensor_sha256(images: torch.Tensor) -> str:
@@ -176,8 +173,7 @@ def compress_images(images: torch.Tensor, model=None, coding: dict | None = None
     images = images.contiguous()
     sha = tensor_sha256(images)
     f = ImageFile("raw", images, {}, b"", sha)
-    box, _, _ = _coded_or_stored(f, images.numpy().tobytes(), sha, model, coding, chunk, None, fallback)
-    return box.to_bytes()
+    return _coded_or_stored(f, images.numpy().tobytes(), sha, model, coding, chunk, None, fallback)[0]
 
 
 def _stored_images(box: Container) -> torch.Tensor:
@@ -232,11 +228,10 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     restored = raw
     if raw[:2] == b"\x1f\x8b" and f.kind in ("idx", "cifar") and not f.restore.get("gzip"):
         restored = gzip.decompress(raw)  # gunzipped: the plain content is what comes back
-    box, model_name, note = _coded_or_stored(f, restored, hashlib.sha256(restored).hexdigest(), model, coding, chunk,
-                                             progress, fallback)
-    data = box.to_bytes()
+    data, method, model_name, note = _coded_or_stored(f, restored, hashlib.sha256(restored).hexdigest(), model,
+                                                      coding, chunk, progress, fallback)
     dims = max(1, f.images.numel())
-    summary = {"model": model_name or METHODS[box.method], "method": METHODS[box.method], "images": len(f.images),
+    summary = {"model": model_name or METHODS[method], "method": METHODS[method], "images": len(f.images),
                "input_bytes": len(raw), "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims}
     if note:
         summary["note"] = note
