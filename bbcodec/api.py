@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import threading
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,6 +132,36 @@ def _padding_ratio(loaded, images: torch.Tensor, coding) -> float:
     return coded / (images.shape[-1] * images.shape[-2])
 
 
+class _BackgroundZlib:
+    """``zlib -9`` of the fallback payload, computed in a worker thread while the model codes
+    (zlib releases the GIL, so it costs no wall time where a core is free). It gives up once its
+    output passes ``give_up_above`` bytes, set when the coded size is known: zlib has lost then."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, payload: bytes):
+        self.payload, self.give_up_above, self._packed = payload, None, None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        z, out, size = zlib.compressobj(9), [], 0
+        view = memoryview(self.payload)
+        for lo in range(0, len(view), self.BLOCK):
+            out.append(z.compress(view[lo: lo + self.BLOCK]))
+            size += len(out[-1])
+            if self.give_up_above is not None and size > self.give_up_above:
+                return
+        out.append(z.flush())
+        self._packed = b"".join(out)
+
+    def packed(self, give_up_above: int | None = None) -> bytes | None:
+        """The compressed payload, or None if it came out longer than ``give_up_above``."""
+        self.give_up_above = give_up_above
+        self._thread.join()
+        return self._packed
+
+
 def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, coding, chunk, progress,
                      fallback: bool = True):
     """The smaller of the model's coding of ``f`` and the fallback that stores ``payload`` (the
@@ -137,22 +169,30 @@ def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, codi
     note)``.
     Images the model's tiles would mostly pad are stored without trying the model. With
     ``fallback=False`` the model codes the data whatever the size."""
-    stored = Container.stored(f.kind, list(f.images.shape), payload_sha, payload)
-    how = "stored with zlib" if stored.method == ZLIB else "stored as is (zlib would not shrink it)"
+    shape = list(f.images.shape)
+
+    def how(stored):
+        return "stored with zlib" if stored.method == ZLIB else "stored as is (zlib would not shrink it)"
+
     if len(f.images) == 0:
-        return stored.to_bytes(), stored.method, None, f"no images: {how}"
+        stored = Container.stored(f.kind, shape, payload_sha, payload)
+        return stored.to_bytes(), stored.method, None, f"no images: {how(stored)}"
     loaded = choose_model(f.images, f.pixels, model)
     if fallback and _padding_ratio(loaded, f.images, coding) > MAX_PADDING:
+        stored = Container.stored(f.kind, shape, payload_sha, payload)
         return stored.to_bytes(), stored.method, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are "
-                                                        f"too small or narrow for {loaded.name}'s tiles: {how}")
-    coded = _container_for(loaded, f, coding, chunk, progress)[0].to_bytes()
+                                                        f"too small or narrow for {loaded.name}'s tiles: {how(stored)}")
     if not fallback:
-        return coded, CODED, loaded.name, None
+        return _container_for(loaded, f, coding, chunk, progress)[0].to_bytes(), CODED, loaded.name, None
+    background = _BackgroundZlib(payload)
+    coded = _container_for(loaded, f, coding, chunk, progress)[0].to_bytes()
+    packed = background.packed(give_up_above=len(coded))
+    stored = Container.stored(f.kind, shape, payload_sha, payload, packed if packed is not None else payload)
     plain = stored.to_bytes()
     if len(coded) <= len(plain):
         return coded, CODED, loaded.name, None
     return plain, stored.method, None, (f"{loaded.name} codes this data in {len(coded):,} bytes, more than the "
-                                        f"{len(plain):,} of the fallback: {how}")
+                                        f"{len(plain):,} of the fallback: {how(stored)}")
 
 
 def tensor_sha256(images: torch.Tensor) -> str:

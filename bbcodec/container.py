@@ -214,13 +214,18 @@ class Container:
     payload: bytes = b""  # methods 1 and 2: the restored bytes
     version: int = VERSION
 
+    packed: bytes = field(default=b"", repr=False)  # method 1: the payload zlib-compressed
+
     @classmethod
-    def stored(cls, kind: str, shape: list, data_sha256: str, payload: bytes) -> "Container":
+    def stored(cls, kind: str, shape: list, data_sha256: str, payload: bytes, packed: bytes | None = None) -> "Container":
         """A fallback container holding ``payload`` (the restored bytes), zlib-compressed if that
-        is smaller."""
-        packed = zlib.compress(payload, 9)
-        method = ZLIB if len(packed) < len(payload) else STORED
-        return cls("", "", data_sha256, kind, list(shape), "", method=method, payload=payload)
+        is smaller. ``packed``: the payload compressed with ``zlib -9`` if already known (else it
+        is compressed here); pass ``payload`` itself to store it as is."""
+        if packed is None:
+            packed = zlib.compress(payload, 9)
+        if len(packed) < len(payload):
+            return cls("", "", data_sha256, kind, list(shape), "", method=ZLIB, payload=payload, packed=packed)
+        return cls("", "", data_sha256, kind, list(shape), "", method=STORED, payload=payload)
 
     def header_dict(self) -> dict:
         if self.method != CODED:  # kept short: a stored file is at most a few dozen bytes over its payload
@@ -241,7 +246,9 @@ class Container:
             text = zlib.compress(json.dumps(head, separators=(",", ":")).encode(), 9)
             return text, b"".join(self.chunks) + side
         text = json.dumps(head, separators=(",", ":")).encode()
-        return text, zlib.compress(self.payload, 9) if self.method == ZLIB else self.payload
+        if self.method == ZLIB:
+            return text, self.packed or zlib.compress(self.payload, 9)
+        return text, self.payload
 
     def to_bytes(self) -> bytes:
         text, body = self._body()

@@ -28,7 +28,7 @@ from typing import Tuple
 
 import torch
 
-from . import detmath
+from . import detmath, kernels
 from .ans import MAX_PRECISION
 from .errors import BBCodecError
 
@@ -538,6 +538,17 @@ class LogisticMixture(CDFModel):
     @property
     def _low_units(self):
         return torch.floor(self.low_mass * float(1 << self._F_BITS)).to(torch.int64)
+
+    # On the CPU, compiled kernels (bbcodec.kernels) compute the same integers in one loop.
+    def interval(self, symbols):
+        if kernels.enabled(symbols, self.slopes):
+            return kernels.mixture_interval(self, symbols)
+        return super().interval(symbols)
+
+    def lookup(self, slot):
+        if kernels.enabled(slot, self.slopes):
+            return kernels.mixture_lookup(self, slot)
+        return super().lookup(slot)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""The compiled CPU kernels give the torch reference's integers exactly."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from bbcodec import entropy_models as em
+from bbcodec import kernels
+
+pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+
+
+def _both(monkeypatch, fn):
+    """``fn()`` with the kernels, then with the torch reference."""
+    fast = fn()
+    monkeypatch.setenv("BBCODEC_KERNELS", "torch")
+    slow = fn()
+    monkeypatch.delenv("BBCODEC_KERNELS")
+    return fast, slow
+
+
+def _equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _mixture(seed, lanes, k, spread, end_masses=True, n=256):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(lanes, k, generator=g, dtype=torch.float64) * (n + 40) - 20
+    scales = torch.exp(torch.randn(lanes, k, generator=g, dtype=torch.float64) * spread)
+    logits = torch.randn(lanes, k + (2 if end_masses else 0), generator=g, dtype=torch.float64) * spread
+    return em.LogisticMixture(means, scales, logits=logits, n=n, end_masses=end_masses), g
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 6), spread=st.sampled_from([0.1, 1.0, 4.0, 12.0]),
+       end_masses=st.booleans(), n=st.sampled_from([2, 5, 256, 1024]))
+def test_mixture_interval_and_lookup_match_torch(seed, k, spread, end_masses, n):
+    model, g = _mixture(seed, 300, k, spread, end_masses, n)
+    symbols = torch.randint(0, n, (300,), generator=g)
+    slots = torch.randint(0, 1 << model.precision, (300,), generator=g)
+    mp = pytest.MonkeyPatch()
+    try:
+        fast, slow = _both(mp, lambda: model.interval(symbols))
+        assert _equal(fast, slow)
+        fast, slow = _both(mp, lambda: model.lookup(slots))
+        assert _equal(fast, slow)
+    finally:
+        mp.undo()
+
+
+def test_lookup_inverts_interval_on_every_slot_edge(monkeypatch):
+    """Slots at the first and last value of every symbol's interval decode to that symbol."""
+    model, g = _mixture(7, 256, 4, 3.0)
+    symbols = torch.arange(256)
+    start, freq = model.interval(symbols)
+    for slots in (start, start + freq - 1):
+        sym, lo, f = model.lookup(slots)
+        assert torch.equal(sym, symbols) and torch.equal(lo, start) and torch.equal(f, freq)
+
+
+def test_batch_shapes_and_broadcast_parameters(monkeypatch):
+    """Models of any batch shape, with broadcast (non-contiguous) parameters."""
+    means = torch.linspace(0, 255, 6, dtype=torch.float64).reshape(1, 1, 6).expand(3, 5, 6)
+    model = em.LogisticMixture(means, torch.full((3, 5, 6), 2.0, dtype=torch.float64),
+                               logits=torch.zeros(8, dtype=torch.float64), end_masses=True)
+    symbols = torch.randint(0, 256, (3, 5))
+    fast, slow = _both(monkeypatch, lambda: model.interval(symbols))
+    assert _equal(fast, slow) and fast[0].shape == (3, 5)
+    slots = torch.randint(0, 1 << 24, (3, 5))
+    fast, slow = _both(monkeypatch, lambda: model.lookup(slots))
+    assert _equal(fast, slow) and fast[0].shape == (3, 5)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("BBCODEC_KERNELS", "torch")
+    assert not kernels.enabled(torch.zeros(1))
+    monkeypatch.delenv("BBCODEC_KERNELS")
+    assert kernels.enabled(torch.zeros(1))
