@@ -255,7 +255,16 @@ def run(s: TrainSettings) -> dict:
     elif s.init:  # fine-tuning: the starting weights (the optimizer starts afresh)
         from .zoo import load_model
 
-        model.load_state_dict(load_model(s.init).model.state_dict())
+        start = load_model(s.init).model
+        if getattr(start.config, "channels", channels) != channels:
+            from .models.hierarchical_vae import luminance_state_dict
+
+            if not (grey and start.config.channels == 3 and start.config.ARCH == "hierarchical_vae"):
+                raise TrainingError(f"cannot start a {channels}-channel model from {s.init!r} "
+                                    f"({start.config.channels} channels)")
+            model.load_state_dict(luminance_state_dict(start))  # the colour model's grey mode
+        else:
+            model.load_state_dict(start.state_dict())
 
     per_rank = s.batch_size // world
     t_start = time.time() - elapsed
@@ -476,6 +485,8 @@ def train(data, out, test=None, *, config: dict | None = None, arch: str | None 
         from .zoo import load_model
 
         extra = {**load_model(init).config, **{k: v for k, v in extra.items() if k not in ("arch", "pixels")}}
+        if grey and extra.get("channels", 1) != 1:  # a luminance model from a colour one's grey mode
+            extra["channels"] = 1
         arch = pixels = None
     arch = arch or extra.pop("arch", "context_vae")
     pixels = pixels or extra.pop("pixels", "uint8")

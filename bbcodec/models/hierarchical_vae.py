@@ -316,3 +316,38 @@ def gaussian_kl(m, log_s, pm, log_ps):
     """KL(N(m, e^{2 log_s}) || N(pm, e^{2 log_ps})) elementwise, in nats."""
     log_ps = torch.as_tensor(log_ps, dtype=m.dtype, device=m.device)
     return log_ps - log_s + 0.5 * (torch.exp(2 * (log_s - log_ps)) + ((m - pm) * torch.exp(-log_ps)) ** 2) - 0.5
+
+
+def luminance_state_dict(colour: HierarchicalVAE) -> dict:
+    """Weights for a one-channel model (same configuration, ``channels=1``) that computes exactly
+    what ``colour`` computes in its grey mode, where every pixel's three channels are equal: the
+    input convolution and every context weight summed over the channels they read, and the heads
+    of channel 0's steps. The starting point for training a luminance model (``--grey --init``)."""
+    c = colour.config
+    grey = HierarchicalVAE(HierarchicalVAEConfig.from_dict({**c.to_dict(), "channels": 1}))
+    state = {k: v.clone() for k, v in colour.state_dict().items()}
+    state["q1_in.weight"] = state["q1_in.weight"].sum(1, keepdim=True)
+    colour_steps = colour.layout(c.patch, c.patch)
+    for step, (_, ch, _, ctx) in enumerate(grey.layout(c.patch, c.patch)):
+        source = step * c.channels + ch  # the colour model's step at the same level, channel 0
+        _, _, _, cctx = colour_steps[source]
+        # channel 0 reads only earlier levels, all channels of each neighbour in turn: colour
+        # context column i holds neighbour i // channels, which is grey column i // channels
+        if cctx.shape[1] != c.channels * ctx.shape[1]:
+            raise AssertionError("context layouts of the colour and grey models do not correspond")
+        merge = torch.zeros(cctx.shape[1], ctx.shape[1], dtype=state["q1_in.weight"].dtype)
+        merge[torch.arange(cctx.shape[1]), torch.arange(cctx.shape[1]) // c.channels] = 1.0
+        prefix = f"heads.{source}."
+        for k in range(4):
+            w = state[f"{prefix}{k}.weight"]
+            if k == 0:  # features, then context columns
+                w = torch.cat([w[:, : c.features], w[:, c.features:] @ merge], 1)
+            elif k == 3 and ctx.shape[1]:
+                w = w @ merge
+            state[f"heads.{step}.{k}.weight"] = w
+            if f"{prefix}{k}.bias" in state:
+                state[f"heads.{step}.{k}.bias"] = state[f"{prefix}{k}.bias"]
+    out = grey.state_dict()
+    for k in out:
+        out[k] = state[k].clone()
+    return out
