@@ -26,7 +26,8 @@ deterministic (a fixed function of its integer inputs), whatever the machine:
   convolution the input channels per group times the kernel taps that can land on one output),
   so every partial sum has at most 51 significant bits and is exact in float64. The sum then does
   not depend on its order: not on BLAS blocking, threads, batch shape or device. Convolutions are
-  an im2col (``F.unfold``, pure data movement) and one matrix product; transposed convolutions
+  torch's float64 convolution on the CPU (a direct sum there) and elsewhere an im2col
+  (``F.unfold``, pure data movement) and one matrix product; transposed convolutions
   are one matrix product to columns and ``F.fold``, which adds exact integers (any order).
 * Sums and differences of two activations are sums of integers below ``2**25``; a product of two
   activations is an integer below ``2**48`` times ``2**-12``; a product with a parameter tensor
@@ -100,7 +101,7 @@ from torch.fx.node import map_arg
 
 from .detmath import _exp_np
 from .errors import BBCodecError
-from .models.fixedpoint import ACT_BITS, ACT_LIMIT, MAX_FAN_IN, WEIGHT_BITS, WEIGHT_LIMIT, quantise
+from .models.fixedpoint import ACT_BITS, ACT_LIMIT, MAX_FAN_IN, WEIGHT_BITS, WEIGHT_LIMIT, conv2d_units, quantise
 
 __all__ = ["exact", "ExactModule", "exactness_report", "supported", "UnsupportedOperation", "ExactnessError"]
 
@@ -192,9 +193,17 @@ def _conv2d_units(u, w, b, kernel, stride, dilation, pads, pad_mode, groups):
         u = F.pad(u, pads) if pad_mode == "zeros" else F.pad(u, pads, mode=pad_mode)
     n, _, h, wd = u.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    fan_in, out = w.shape
+    if u.device.type == "cpu":  # direct sums on the CPU: exact, see fixedpoint.conv2d_units
+        shape = (out, fan_in // (kh * kw), kh, kw)
+        if groups == 1:
+            y = conv2d_units(u, w, b, shape, (sh, sw), (0, 0), (dh, dw))
+        else:
+            y = F.conv2d(u, w.t().reshape(shape), b, stride=(sh, sw), dilation=(dh, dw), groups=groups)
+        y = _finish(y)
+        return y[0] if unbatched else y
     oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (wd - dw * (kw - 1) - 1) // sw + 1
     cols = F.unfold(u, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (N, C*kh*kw, L)
-    fan_in, out = w.shape
     if groups == 1:
         cols = cols.transpose(1, 2).reshape(n * oh * ow, fan_in)
         y = torch.addmm(b, cols, w) if b is not None else cols @ w

@@ -508,3 +508,18 @@ def test_wrong_inputs():
         em(torch.tensor([[float("nan"), 0.0]]))
     with pytest.raises(TypeError):
         exact(lambda x: x)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,dil", [(3, 16, 3, 1, 1, 1), (16, 8, 3, 2, 1, 1), (5, 7, 1, 1, 0, 1), (6, 4, 3, 1, 0, 1),
+                                                        (4, 6, 5, 1, 2, 2)])
+def test_cpu_convolution_equals_the_explicit_im2col_path(cin, cout, k, stride, pad, dil):
+    """The CPU path (torch's float64 convolution) and the explicit im2col + matrix product used on
+    other devices give identical sums, at activations near the range limit."""
+    from bbcodec.models.fixedpoint import ACT_LIMIT, ExactNumerics, conv2d_im2col, conv2d_units
+
+    g = torch.Generator().manual_seed(cin * cout + k)
+    layer = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil)
+    w, b = ExactNumerics()._weights(layer)
+    x = torch.round((torch.rand(3, cin, 19, 17, generator=g, dtype=torch.float64) * 2 - 1) * (ACT_LIMIT - 1))
+    args = (x, w, b, layer.weight.shape, layer.stride, layer.padding, layer.dilation)
+    assert torch.equal(conv2d_units(*args), conv2d_im2col(*args))

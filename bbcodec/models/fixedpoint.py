@@ -85,9 +85,10 @@ class ExactNumerics(Numerics):
     def _weights(self, layer):
         """(weights as a ``(fan_in, out)`` matrix of multiples of 2**-WEIGHT_BITS, bias in activation
         units), for a Linear or a Conv2d (im2col order), cached."""
-        key = (id(layer), layer.weight._version, layer.weight.device)
+        # the entry holds the weight tensor itself, so its id cannot be reused by another layer
+        key = (layer.weight, layer.weight._version, layer.weight.device)
         hit = self._cache.get(id(layer))
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0][0] is key[0] and hit[0][1:] == key[1:]:
             return hit[1]
         w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
         if w.shape[1] > MAX_FAN_IN:
@@ -112,25 +113,68 @@ class ExactNumerics(Numerics):
         return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def conv(self, layer, x, relu=False):
-        # im2col + one matrix product: exact, unlike library convolutions that may use
-        # Winograd or FFT transforms
         w, b = self._weights(layer)
-        n, _, h, wd = x.shape
-        kh, kw = layer.kernel_size
-        sh, sw = layer.stride
-        ph, pw = layer.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-        cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # (N, C*kh*kw, L)
-        cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
-        y = torch.addmm(b, cols, w) if b is not None else cols @ w
-        y = y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
-        return y.reshape(n, oh * ow, -1).transpose(1, 2).reshape(n, -1, oh, ow)
+        y = conv2d_units(x, w, b, layer.weight.shape, layer.stride, layer.padding)
+        return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def add(self, x, y):
         return torch.clamp(x + y, -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def value(self, x):
         return x * (1.0 / (1 << ACT_BITS))
+
+
+def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:
+    """2-d convolution of activations ``x`` ``(N, C, H, W)`` (float64, in units) with real weights
+    ``w`` ``(C*kh*kw, out)`` (im2col order) and a bias in units (or None), before rounding.
+
+    Exact either way (see the module docstring), so the two paths give identical results. On the
+    CPU, torch's float64 convolution, which is a direct im2col and matrix product there (the
+    transform-based algorithms of oneDNN, NNPACK and XNNPACK serve float32 only) and is about twice
+    as fast as the explicit path; on other devices, where a library may pick Winograd or FFT
+    transforms, an explicit im2col (``F.unfold``) and one matrix product."""
+    if x.device.type == "cpu":
+        if tuple(stride) == (1, 1):
+            return _conv2d_taps(x, w, b, weight_shape, padding, dilation)
+        return F.conv2d(x, w.t().reshape(weight_shape), b, stride=stride, padding=padding, dilation=dilation)
+    return conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation)
+
+
+def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
+    """A stride-1 convolution as one matrix product per kernel tap, accumulated in place: with the
+    padded image channels-last and flattened, each tap's inputs are one contiguous slice (outputs
+    are computed on the padded width, and the extra columns dropped), so nothing is copied per tap.
+    About twice as fast as torch's float64 convolution here; exact like it."""
+    n, c, h, wd = x.shape
+    out = w.shape[1]
+    kh, kw = weight_shape[-2:]
+    (ph, pw), (dh, dw) = padding, dilation
+    xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, Hp, Wp, C)
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    flat = xp.reshape(n * hp * wp, c)
+    rows = n * hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
+    taps = w.reshape(c, kh, kw, out)  # im2col order: channel, then kernel row, then column
+    y = b.expand(rows, out).clone() if b is not None else x.new_zeros(rows, out)
+    for i in range(kh):
+        for j in range(kw):
+            shift = i * dh * wp + j * dw
+            y.addmm_(flat[shift: shift + rows], taps[:, i, j])
+    y = F.pad(y, (0, 0, 0, n * hp * wp - rows)).reshape(n, hp, wp, out)[:, :oh, :ow]
+    return y.permute(0, 3, 1, 2).contiguous()
+
+
+def conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:
+    """:func:`conv2d_units` by an explicit im2col and one matrix product (any device)."""
+    out = w.shape[1]
+    kh, kw = weight_shape[-2:]
+    n, _, h, wd = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))  # (N, C*kh*kw, L)
+    cols = cols.transpose(1, 2).reshape(n * oh * ow, -1)
+    y = torch.addmm(b, cols, w) if b is not None else cols @ w
+    return y.reshape(n, oh * ow, out).transpose(1, 2).reshape(n, out, oh, ow)
 
 
 def quantise(t: torch.Tensor, frac_bits: int, limit: float) -> torch.Tensor:
