@@ -542,12 +542,12 @@ class LogisticMixture(CDFModel):
     # On the CPU, compiled kernels (bbcodec.kernels) compute the same integers in one loop.
     def interval(self, symbols):
         if kernels.enabled(symbols, self.slopes):
-            return kernels.mixture_interval(self, symbols)
+            return kernels.interval(self, symbols)
         return super().interval(symbols)
 
     def lookup(self, slot):
         if kernels.enabled(slot, self.slopes):
-            return kernels.mixture_lookup(self, slot)
+            return kernels.lookup(self, slot)
         return super().lookup(slot)
 
 
@@ -600,6 +600,16 @@ class GaussianOnBins(CDFModel):
     def edge_cdf(self, i):
         u = self._edges[i - 1]
         return detmath.normal_cdf((self.prior_mean + self.prior_scale * u - self.mean) * self.inv_scale)
+
+    def interval(self, symbols):
+        if kernels.enabled(symbols, self.mean):
+            return kernels.interval(self, symbols)
+        return super().interval(symbols)
+
+    def lookup(self, slot):
+        if kernels.enabled(slot, self.mean):
+            return kernels.lookup(self, slot)
+        return super().lookup(slot)
 
 
 

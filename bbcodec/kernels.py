@@ -44,65 +44,81 @@ if numba is not None:
     _jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
     @_jit
-    def _mixture_cdf(i, slopes, intercepts, weights, low_units, values, deltas, n, precision, lane):
-        """``C(i)`` of lane ``lane``: the same operations as ``LogisticMixture.cumulative``."""
+    def _table(values, deltas, u):
+        """``MonotoneTable.at_coordinate``: linear interpolation at table coordinate ``u``."""
+        u = min(max(u, 0.0), float(values.shape[0] - 1))
+        cell = np.floor(u)
+        idx = np.int64(cell)
+        return values[idx] + (u - cell) * deltas[idx]
+
+    @_jit
+    def _mixture_cdf(i, lane, p):
+        """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``. ``p``:
+        (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas)."""
+        n, precision, slopes, intercepts, weights, low_units, values, deltas = p
         if i <= 0:
             return np.int64(0)
         if i >= n:
             return np.int64(1) << precision
-        x = float(i)
-        x = min(max(x, 1.0), float(n - 1))
-        top = float(values.shape[0] - 1)
+        x = min(max(float(i), 1.0), float(n - 1))
         f = np.int64(0)
         for k in range(slopes.shape[1]):
-            u = x * slopes[lane, k] + intercepts[lane, k]
-            u = min(max(u, 0.0), top)
-            cell = np.floor(u)
-            idx = np.int64(cell)
-            s = values[idx] + (u - cell) * deltas[idx]
+            s = _table(values, deltas, x * slopes[lane, k] + intercepts[lane, k])
             f += np.int64(np.floor(s * weights[lane, k] * 4294967296.0))
-        f = f + low_units[lane]
-        f = min(max(f, np.int64(0)), np.int64(1) << 32)
+        f = min(max(f + low_units[lane], np.int64(0)), np.int64(1) << 32)
         return ((f * ((np.int64(1) << precision) - n)) >> 32) + i
 
     @_jit
-    def _mixture_interval(symbols, slopes, intercepts, weights, low_units, values, deltas, n, precision):
-        lanes = symbols.shape[0]
-        start = np.empty(lanes, dtype=np.int64)
-        freq = np.empty(lanes, dtype=np.int64)
-        for j in range(lanes):
-            s = symbols[j]
-            lo = _mixture_cdf(s, slopes, intercepts, weights, low_units, values, deltas, n, precision, j)
-            hi = _mixture_cdf(s + 1, slopes, intercepts, weights, low_units, values, deltas, n, precision, j)
+    def _gaussian_cdf(i, lane, p):
+        """``C(i)`` of lane ``lane``: the operations of ``CDFModel.cumulative`` with
+        ``GaussianOnBins.edge_cdf``. ``p``: (n, precision, mean, inverse scale, prior mean, prior
+        scale, interior bin edges, normal table values, deltas, table origin, table steps per unit)."""
+        n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values, deltas, lo, steps = p
+        if i <= 0:
+            return np.int64(0)
+        if i >= n:
+            return np.int64(1) << precision
+        t = (prior_mean[lane] + prior_scale[lane] * edges[min(max(i, 1), n - 1) - 1] - mean[lane]) * inv_scale[lane]
+        f = min(max(_table(values, deltas, (t - lo) * steps), 0.0), 1.0)
+        return np.int64(np.floor(f * float((np.int64(1) << precision) - n))) + i
+
+    @_jit
+    def _interval(cdf, p, symbols):
+        start = np.empty(symbols.shape[0], dtype=np.int64)
+        freq = np.empty(symbols.shape[0], dtype=np.int64)
+        for j in range(symbols.shape[0]):
+            lo = cdf(symbols[j], j, p)
             start[j] = lo
-            freq[j] = hi - lo
+            freq[j] = cdf(symbols[j] + 1, j, p) - lo
         return start, freq
 
     @_jit
-    def _mixture_lookup(slots, slopes, intercepts, weights, low_units, values, deltas, n, precision):
+    def _lookup(cdf, p, slots):
         """Per lane, the largest ``i`` with ``C(i) <= slot`` (``C`` strictly increasing, so
         unique), by probing the end symbols (often most of the mass) and then bisecting."""
-        lanes = slots.shape[0]
-        sym = np.empty(lanes, dtype=np.int64)
-        start = np.empty(lanes, dtype=np.int64)
-        freq = np.empty(lanes, dtype=np.int64)
-        for j in range(lanes):
+        n, precision = p[0], p[1]
+        sym = np.empty(slots.shape[0], dtype=np.int64)
+        start = np.empty(slots.shape[0], dtype=np.int64)
+        freq = np.empty(slots.shape[0], dtype=np.int64)
+        for j in range(slots.shape[0]):
             slot = slots[j]
             lo, hi = 0, n
             c_lo, c_hi = np.int64(0), np.int64(1) << precision
-            c1 = _mixture_cdf(1, slopes, intercepts, weights, low_units, values, deltas, n, precision, j)
+            c1 = cdf(1, j, p)
             if slot < c1:
                 hi, c_hi = 1, c1
-            else:
+            elif n > 2:
                 lo, c_lo = 1, c1
-                c_last = _mixture_cdf(n - 1, slopes, intercepts, weights, low_units, values, deltas, n, precision, j)
+                c_last = cdf(n - 1, j, p)
                 if slot >= c_last:
                     lo, c_lo = n - 1, c_last
                 else:
                     hi, c_hi = n - 1, c_last
+            else:
+                lo, c_lo = 1, c1
             while hi - lo > 1:
                 mid = (lo + hi) >> 1
-                c = _mixture_cdf(mid, slopes, intercepts, weights, low_units, values, deltas, n, precision, j)
+                c = cdf(mid, j, p)
                 if c <= slot:
                     lo, c_lo = mid, c
                 else:
@@ -113,38 +129,46 @@ if numba is not None:
         return sym, start, freq
 
 
-class MixtureArrays:
-    """A logistic mixture's parameters flattened to ``(lanes, components)`` numpy arrays, with the
-    sigmoid table, as the kernels take them."""
-
-    def __init__(self, model):
-        from . import detmath
-
-        k = model.slopes.shape[-1]
-        self.slopes = _array(model.slopes.reshape(-1, k), torch.float64)
-        self.intercepts = _array(model.intercepts.reshape(-1, k), torch.float64)
-        self.weights = _array(model.weights.reshape(-1, k), torch.float64)
-        self.low_units = _array(model._low_units.reshape(-1), torch.int64)
-        values, deltas = detmath.sigmoid_table()._on(torch.device("cpu"))
-        self.values, self.deltas = values.numpy(), deltas.numpy()
-        self.n, self.precision = int(model.n), int(model.precision)
-
-    def _args(self):
-        return (self.slopes, self.intercepts, self.weights, self.low_units, self.values, self.deltas,
-                self.n, self.precision)
+def _flat(t: torch.Tensor, shape, dtype=torch.float64) -> np.ndarray:
+    """A parameter broadcast to the batch shape, flattened to one value per lane."""
+    return _array(t.expand(shape).reshape(-1), dtype)
 
 
-def mixture_interval(model, symbols: torch.Tensor):
-    """``(start, freq)`` of ``symbols`` (the model's batch shape) under a ``LogisticMixture``."""
-    arrays = MixtureArrays(model)
-    start, freq = _mixture_interval(_array(symbols.reshape(-1), torch.int64), *arrays._args())
+def _mixture_params(model) -> tuple:
+    from . import detmath
+
+    k = model.slopes.shape[-1]
+    values, deltas = detmath.sigmoid_table()._on(torch.device("cpu"))
+    return (int(model.n), int(model.precision), _array(model.slopes.reshape(-1, k), torch.float64),
+            _array(model.intercepts.reshape(-1, k), torch.float64), _array(model.weights.reshape(-1, k), torch.float64),
+            _array(model._low_units.reshape(-1), torch.int64), values.numpy(), deltas.numpy())
+
+
+def _gaussian_params(model) -> tuple:
+    from . import detmath
+
+    table = detmath.normal_cdf_table()
+    values, deltas = table._on(torch.device("cpu"))
+    shape = model.shape
+    return (int(model.n), int(model.precision), _flat(model.mean, shape), _flat(model.inv_scale, shape),
+            _flat(model.prior_mean, shape), _flat(model.prior_scale, shape), _array(model._edges, torch.float64),
+            values.numpy(), deltas.numpy(), float(table.lo), float(table.scale))
+
+
+_KINDS = {"LogisticMixture": ("_mixture_cdf", _mixture_params), "GaussianOnBins": ("_gaussian_cdf", _gaussian_params)}
+
+
+def interval(model, symbols: torch.Tensor):
+    """``(start, freq)`` of ``symbols`` (the model's batch shape) under a ``LogisticMixture`` or
+    ``GaussianOnBins``, as the reference ``interval`` computes them."""
+    cdf, params = _KINDS[type(model).__name__]
+    start, freq = _interval(globals()[cdf], params(model), _array(symbols.reshape(-1), torch.int64))
     return torch.from_numpy(start).reshape(symbols.shape), torch.from_numpy(freq).reshape(symbols.shape)
 
 
-def mixture_lookup(model, slots: torch.Tensor):
-    """``(symbols, start, freq)`` for ``slots`` (the model's batch shape) under a ``LogisticMixture``."""
-    arrays = MixtureArrays(model)
-    sym, start, freq = _mixture_lookup(_array(slots.reshape(-1), torch.int64), *arrays._args())
-    shape = slots.shape
-    return (torch.from_numpy(sym).reshape(shape), torch.from_numpy(start).reshape(shape),
-            torch.from_numpy(freq).reshape(shape))
+def lookup(model, slots: torch.Tensor):
+    """``(symbols, start, freq)`` for ``slots`` (the model's batch shape), as the reference
+    ``lookup`` computes them."""
+    cdf, params = _KINDS[type(model).__name__]
+    out = _lookup(globals()[cdf], params(model), _array(slots.reshape(-1), torch.int64))
+    return tuple(torch.from_numpy(t).reshape(slots.shape) for t in out)

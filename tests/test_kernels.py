@@ -76,3 +76,24 @@ def test_disabled_by_environment(monkeypatch):
     assert not kernels.enabled(torch.zeros(1))
     monkeypatch.delenv("BBCODEC_KERNELS")
     assert kernels.enabled(torch.zeros(1))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), bits=st.integers(1, 10), spread=st.sampled_from([0.01, 0.3, 1.0, 5.0]),
+       conditional=st.booleans())
+def test_gaussian_on_bins_matches_torch(seed, bits, spread, conditional):
+    g = torch.Generator().manual_seed(seed)
+    lanes = 200
+    mean = torch.randn(lanes, generator=g, dtype=torch.float64) * 3
+    scale = torch.exp(torch.randn(lanes, generator=g, dtype=torch.float64)) * spread
+    pm, ps = (torch.randn(lanes, generator=g, dtype=torch.float64), torch.exp(torch.randn(lanes, generator=g, dtype=torch.float64))) \
+        if conditional else (0.0, 1.0)
+    model = em.GaussianOnBins(mean, scale, bits, pm, ps)
+    symbols = torch.randint(0, 1 << bits, (lanes,), generator=g)
+    slots = torch.randint(0, 1 << model.precision, (lanes,), generator=g)
+    mp = pytest.MonkeyPatch()
+    try:
+        assert _equal(*_both(mp, lambda: model.interval(symbols)))
+        assert _equal(*_both(mp, lambda: model.lookup(slots)))
+    finally:
+        mp.undo()
