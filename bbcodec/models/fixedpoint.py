@@ -141,27 +141,27 @@ def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padd
 
 
 def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
-    """A stride-1 convolution as one matrix product per kernel tap, accumulated in place: with the
-    padded image channels-last and flattened, each tap's inputs are one contiguous slice (outputs
-    are computed on the padded width, and the extra columns dropped), so nothing is copied per tap.
-    About twice as fast as torch's float64 convolution here; exact like it."""
+    """A stride-1 convolution as one batched matrix product per kernel tap, accumulated in place:
+    with each padded image flattened, a tap's inputs are one contiguous slice (outputs are computed
+    on the padded width and the extra columns dropped), so nothing is copied per tap. About twice
+    as fast as torch's float64 convolution here; exact like it."""
     n, c, h, wd = x.shape
     out = w.shape[1]
     kh, kw = weight_shape[-2:]
     (ph, pw), (dh, dw) = padding, dilation
-    xp = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (N, Hp, Wp, C)
     hp, wp = h + 2 * ph, wd + 2 * pw
     oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    flat = xp.reshape(n * hp * wp, c)
-    rows = n * hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
-    taps = w.reshape(c, kh, kw, out)  # im2col order: channel, then kernel row, then column
-    y = b.expand(rows, out).clone() if b is not None else x.new_zeros(rows, out)
+    flat = F.pad(x, (pw, pw, ph, ph)).reshape(n, c, hp * wp)
+    cols = hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
+    taps = w.t().reshape(out, c, kh, kw)
+    y = (b.reshape(1, out, 1).expand(n, out, cols).clone() if b is not None
+         else x.new_zeros(n, out, cols))
     for i in range(kh):
         for j in range(kw):
             shift = i * dh * wp + j * dw
-            y.addmm_(flat[shift: shift + rows], taps[:, i, j])
-    y = F.pad(y, (0, 0, 0, n * hp * wp - rows)).reshape(n, hp, wp, out)[:, :oh, :ow]
-    return y.permute(0, 3, 1, 2).contiguous()
+            y.baddbmm_(taps[:, :, i, j].expand(n, out, c), flat[:, :, shift: shift + cols])
+    y = F.pad(y, (0, hp * wp - cols)).reshape(n, out, hp, wp)[:, :, :oh, :ow]
+    return y.contiguous()
 
 
 def conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:
