@@ -25,6 +25,7 @@ import torch
 
 try:  # numba is a dependency; without it (or when disabled) the torch reference runs
     import numba
+    import numba.extending
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
@@ -51,7 +52,6 @@ if numba is not None:
         idx = np.int64(cell)
         return values[idx] + (u - cell) * deltas[idx]
 
-    @_jit
     def _mixture_cdf(i, lane, p):
         """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``. ``p``:
         (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas)."""
@@ -68,7 +68,6 @@ if numba is not None:
         f = min(max(f + low_units[lane], np.int64(0)), np.int64(1) << 32)
         return ((f * ((np.int64(1) << precision) - n)) >> 32) + i
 
-    @_jit
     def _gaussian_cdf(i, lane, p):
         """``C(i)`` of lane ``lane``: the operations of ``CDFModel.cumulative`` with
         ``GaussianOnBins.edge_cdf``. ``p``: (n, precision, mean, inverse scale, prior mean, prior
@@ -82,18 +81,28 @@ if numba is not None:
         f = min(max(_table(values, deltas, (t - lo) * steps), 0.0), 1.0)
         return np.int64(np.floor(f * float((np.int64(1) << precision) - n))) + i
 
+    def _cdf(i, lane, p):
+        """``C(i)`` of lane ``lane`` for the model whose parameters ``p`` are (compiled only)."""
+        raise NotImplementedError
+
+    @numba.extending.overload(_cdf, jit_options={"fastmath": False})
+    def _cdf_for(i, lane, p):
+        # the parameter tuple's type says which model it is (chosen while compiling, and cached:
+        # functions passed as arguments would not cache)
+        return {8: _mixture_cdf, 11: _gaussian_cdf}.get(len(p.types))
+
     @_jit
-    def _interval(cdf, p, symbols):
+    def _interval(p, symbols):
         start = np.empty(symbols.shape[0], dtype=np.int64)
         freq = np.empty(symbols.shape[0], dtype=np.int64)
         for j in range(symbols.shape[0]):
-            lo = cdf(symbols[j], j, p)
+            lo = _cdf(symbols[j], j, p)
             start[j] = lo
-            freq[j] = cdf(symbols[j] + 1, j, p) - lo
+            freq[j] = _cdf(symbols[j] + 1, j, p) - lo
         return start, freq
 
     @_jit
-    def _lookup(cdf, p, slots):
+    def _lookup(p, slots):
         """Per lane, the largest ``i`` with ``C(i) <= slot`` (``C`` strictly increasing, so
         unique), by probing the end symbols (often most of the mass) and then bisecting."""
         n, precision = p[0], p[1]
@@ -104,12 +113,12 @@ if numba is not None:
             slot = slots[j]
             lo, hi = 0, n
             c_lo, c_hi = np.int64(0), np.int64(1) << precision
-            c1 = cdf(1, j, p)
+            c1 = _cdf(1, j, p)
             if slot < c1:
                 hi, c_hi = 1, c1
             elif n > 2:
                 lo, c_lo = 1, c1
-                c_last = cdf(n - 1, j, p)
+                c_last = _cdf(n - 1, j, p)
                 if slot >= c_last:
                     lo, c_lo = n - 1, c_last
                 else:
@@ -118,7 +127,7 @@ if numba is not None:
                 lo, c_lo = 1, c1
             while hi - lo > 1:
                 mid = (lo + hi) >> 1
-                c = cdf(mid, j, p)
+                c = _cdf(mid, j, p)
                 if c <= slot:
                     lo, c_lo = mid, c
                 else:
@@ -155,20 +164,18 @@ def _gaussian_params(model) -> tuple:
             values.numpy(), deltas.numpy(), float(table.lo), float(table.scale))
 
 
-_KINDS = {"LogisticMixture": ("_mixture_cdf", _mixture_params), "GaussianOnBins": ("_gaussian_cdf", _gaussian_params)}
+_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params}
 
 
 def interval(model, symbols: torch.Tensor):
     """``(start, freq)`` of ``symbols`` (the model's batch shape) under a ``LogisticMixture`` or
     ``GaussianOnBins``, as the reference ``interval`` computes them."""
-    cdf, params = _KINDS[type(model).__name__]
-    start, freq = _interval(globals()[cdf], params(model), _array(symbols.reshape(-1), torch.int64))
+    start, freq = _interval(_PARAMS[type(model).__name__](model), _array(symbols.reshape(-1), torch.int64))
     return torch.from_numpy(start).reshape(symbols.shape), torch.from_numpy(freq).reshape(symbols.shape)
 
 
 def lookup(model, slots: torch.Tensor):
     """``(symbols, start, freq)`` for ``slots`` (the model's batch shape), as the reference
     ``lookup`` computes them."""
-    cdf, params = _KINDS[type(model).__name__]
-    out = _lookup(globals()[cdf], params(model), _array(slots.reshape(-1), torch.int64))
+    out = _lookup(_PARAMS[type(model).__name__](model), _array(slots.reshape(-1), torch.int64))
     return tuple(torch.from_numpy(t).reshape(slots.shape) for t in out)

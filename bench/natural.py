@@ -41,20 +41,38 @@ def cifar(model, limit: int) -> dict:
     return {"bbcodec": r, "image_codecs_bits_per_dim": {k: (8 * v / dims if isinstance(v, int) else v) for k, v in base.items()}}
 
 
-def kodak(model, limit: int, repeats: int, start: int = 0, on_row=None, baselines: dict | None = None) -> dict:
+def grey_copies(files, folder: Path) -> list[Path]:
+    """The images converted to luminance with PIL ``convert("L")``, as PNG files in ``folder``."""
+    from PIL import Image
+
+    out = []
+    for path in files:
+        dst = folder / path.name
+        Image.open(path).convert("L").save(dst)
+        out.append(dst)
+    return out
+
+
+def kodak(model, limit: int, repeats: int, start: int = 0, on_row=None, baselines: dict | None = None,
+          grey: bool = False) -> dict:
     """Each image coded on its own, as its .bbc file would be (``api.evaluate`` builds the same
     container as ``bbcodec compress`` in memory and verifies the round trip); times are the median
     coding times over ``repeats`` runs. ``on_row(rows)`` is called after each image (partial saves).
     ``baselines`` maps image names to other codecs' figures from an earlier run of this bench (they
-    are deterministic), to skip re-running them."""
+    are deterministic), to skip re-running them. ``grey``: the images converted to luminance."""
     files = sorted((DATA / "kodak").glob("kodim*.png"))[start: start + limit]
+    if grey:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory()
+        files = grey_copies(files, Path(tmp.name))
     rows = []
     for path in files:
         runs = [api.evaluate(path, model=model) for _ in range(repeats)]
         rep = runs[0]
         f = read_image_file(path)
         dims = f.images.numel()
-        img = f.images[0].numpy().transpose(1, 2, 0)
+        img = f.images[0].numpy() if grey else f.images[0].numpy().transpose(1, 2, 0)
         if baselines and path.name in baselines:
             base = baselines[path.name]
         else:
@@ -81,6 +99,7 @@ def main():
     ap.add_argument("--kodak-limit", type=int, default=24)
     ap.add_argument("--kodak-start", type=int, default=0, help="skip the first N Kodak images")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--grey", action="store_true", help="Kodak converted to luminance (PIL convert('L'))")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--kodak-baselines-from", type=Path,
                     help="reuse the other codecs' Kodak figures from this earlier --json output")
@@ -101,9 +120,10 @@ def main():
             own = ("image", "bits_per_dim", "negative_elbo_bits_per_dim", "unadapted_negative_elbo_bits_per_dim",
                    "compress_seconds", "decompress_seconds")
             baselines = {r["image"]: {k: v for k, v in r.items() if k not in own} for r in old}
-        k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start, on_row=partial, baselines=baselines)
+        k = kodak(args.model, args.kodak_limit, args.repeats, args.kodak_start, on_row=partial, baselines=baselines,
+                  grey=args.grey)
         results["kodak"] = k
-        print(f"\n== Kodak ({len(k['images'])} images), mean bits/dim ==")
+        print(f"\n== Kodak{' (grey)' if args.grey else ''} ({len(k['images'])} images), mean bits/dim ==")
         for name, v in k["mean"].items():
             print(f"{name:28s} {v:.4f}")
         save(args, results)
