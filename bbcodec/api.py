@@ -15,6 +15,7 @@ import hashlib
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_out
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
 from .layout import Layout
+from .parallel import resolve_jobs, workers_for
 from .protocol import default_coding, is_protocol_model
 from .registry import architecture
 from .segments import ELBO_SEED
@@ -87,18 +89,31 @@ def check_compatible(loaded, images: torch.Tensor, pixels: str) -> None:
 
 
 # ------------------------------------------------------------------------------ tensors
-def _encode_chunks(loaded, images, coding, chunk, progress):
+@contextmanager
+def _workers(jobs, loaded):
+    """Worker processes coding chunks with ``loaded`` (see :mod:`bbcodec.parallel`), ended on
+    leaving; None (chunks coded here) for ``jobs`` 1 or a model object."""
+    workers = workers_for(jobs, loaded)
+    if workers is None:
+        yield None
+        return
+    with workers:
+        yield workers
+
+
+def _encode_chunks(loaded, images, coding, chunk, progress, workers=None):
     """Code ``images`` in independent chunks of about ``chunk`` coding units (see
-    :class:`~bbcodec.layout.Layout`); returns (layout, chunk bytes, units per chunk, stats per chunk)."""
+    :class:`~bbcodec.layout.Layout`), in ``workers``' processes if given; returns (layout, chunk
+    bytes, units per chunk, stats per chunk)."""
     try:
         layout = Layout(loaded, images.shape, coding)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    chunks, counts, stats = layout.encode(images, chunk, progress)
+    chunks, counts, stats = layout.encode(images, chunk, progress, workers)
     return layout, chunks, counts, stats
 
 
-def _decode_chunks(loaded, container: Container, progress):
+def _decode_chunks(loaded, container: Container, progress, workers=None):
     check_compatible(loaded, torch.empty(container.shape, dtype=torch.uint8, device="meta"), container.pixels)
     coding = file_coding(container.coding)  # old files lack some keys: their old-file defaults
     try:
@@ -107,11 +122,12 @@ def _decode_chunks(loaded, container: Container, progress):
         raise BBCodecError(f"corrupt .bbc header: bad coding parameters ({exc})") from exc
     if sum(container.chunk_images) != layout.unit_count():
         raise BBCodecError("corrupt .bbc header: chunk sizes do not match the image shape")
-    return layout.decode(container.chunks, container.chunk_images, progress)
+    return layout.decode(container.chunks, container.chunk_images, progress, workers)
 
 
-def _container_for(loaded, f: ImageFile, coding, chunk, progress):
-    layout, chunks, counts, stats = _encode_chunks(loaded, f.images, coding, chunk, progress)
+def _container_for(loaded, f: ImageFile, coding, chunk, progress, jobs=1):
+    with _workers(jobs, loaded) as workers:
+        layout, chunks, counts, stats = _encode_chunks(loaded, f.images, coding, chunk, progress, workers)
     box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(f.images.shape), f.pixels,
                     f.restore, layout.stored_params(), chunks, counts, f.side_data)
     return box, stats
@@ -163,7 +179,7 @@ class _BackgroundZlib:
 
 
 def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, coding, chunk, progress,
-                     fallback: bool = True):
+                     fallback: bool = True, jobs: int = 1):
     """The smaller of the model's coding of ``f`` and the fallback that stores ``payload`` (the
     restored bytes, zlib-compressed where that helps); returns ``(file bytes, method, model name,
     note)``.
@@ -183,9 +199,9 @@ def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, codi
         return stored.to_bytes(), stored.method, None, (f"images of {f.images.shape[-1]}x{f.images.shape[-2]} are "
                                                         f"too small or narrow for {loaded.name}'s tiles: {how(stored)}")
     if not fallback:
-        return _container_for(loaded, f, coding, chunk, progress)[0].to_bytes(), CODED, loaded.name, None
+        return _container_for(loaded, f, coding, chunk, progress, jobs)[0].to_bytes(), CODED, loaded.name, None
     background = _BackgroundZlib(payload)
-    coded = _container_for(loaded, f, coding, chunk, progress)[0].to_bytes()
+    coded = _container_for(loaded, f, coding, chunk, progress, jobs)[0].to_bytes()
     packed = background.packed(give_up_above=len(coded))
     stored = Container.stored(f.kind, shape, payload_sha, payload, packed if packed is not None else payload)
     plain = stored.to_bytes()
@@ -203,17 +219,18 @@ def tensor_sha256(images: torch.Tensor) -> str:
 
 
 def compress_images(images: torch.Tensor, model=None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,
-                    fallback: bool = True) -> bytes:
+                    fallback: bool = True, jobs: int = 1) -> bytes:
     """Compress a uint8 tensor ``(N, H, W)`` or ``(N, 3, H, W)`` to ``.bbc`` bytes (kind ``raw``):
     coded by ``model`` (name, path or the default for the data), or stored with zlib where that is
-    smaller."""
+    smaller. ``jobs``: see :func:`compress`."""
+    jobs = resolve_jobs(jobs)
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8 or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 3):
         raise UsageError("expected a uint8 tensor of shape (N, H, W) or (N, 3, H, W)")
     images = images.contiguous()
     sha = tensor_sha256(images)
     f = ImageFile("raw", images, {}, b"", sha)
-    return _coded_or_stored(f, images.numpy().tobytes(), sha, model, coding, chunk, None, fallback)[0]
+    return _coded_or_stored(f, images.numpy().tobytes(), sha, model, coding, chunk, None, fallback, jobs)[0]
 
 
 def _stored_images(box: Container) -> torch.Tensor:
@@ -224,7 +241,7 @@ def _stored_images(box: Container) -> torch.Tensor:
     return read_image_bytes(box.payload, "stored.bin" if box.kind == "cifar" else "stored").images  # as read
 
 
-def _restore(box: Container, model=None, progress=None) -> tuple[torch.Tensor, bytes | None]:
+def _restore(box: Container, model=None, progress=None, jobs: int = 1) -> tuple[torch.Tensor, bytes | None]:
     """Decode ``box`` and verify it against its data checksum: ``(images, restored file bytes)``
     (``None`` for an in-memory tensor); raises unless both match what was compressed."""
     mismatch = BBCodecError("decoded data does not match the checksum recorded at compression; output not written")
@@ -235,7 +252,8 @@ def _restore(box: Container, model=None, progress=None) -> tuple[torch.Tensor, b
         images = _stored_images(box)
         return images, None if box.kind == "raw" else box.payload
     loaded = _model_for(box, model)
-    images = _decode_chunks(loaded, box, progress)
+    with _workers(jobs, loaded) as workers:
+        images = _decode_chunks(loaded, box, progress, workers)
     if box.kind == "raw":
         legacy = box.version == 1 and hashlib.sha256(images.numpy().tobytes()).hexdigest() == box.data_sha256
         if not legacy and tensor_sha256(images) != box.data_sha256:
@@ -247,10 +265,11 @@ def _restore(box: Container, model=None, progress=None) -> tuple[torch.Tensor, b
     return images, restored
 
 
-def decompress_images(data: bytes, model=None) -> torch.Tensor:
+def decompress_images(data: bytes, model=None, jobs: int = 1) -> torch.Tensor:
     """Inverse of :func:`compress_images` (also returns the images of any ``.bbc`` file), verified
-    against the data checksum recorded at compression."""
-    return _restore(Container.from_bytes(data), model)[0]
+    against the data checksum recorded at compression. ``jobs``: see :func:`decompress`."""
+    jobs = resolve_jobs(jobs)
+    return _restore(Container.from_bytes(data), model, jobs=jobs)[0]
 
 
 # ------------------------------------------------------------------------------ files
@@ -258,18 +277,19 @@ def decompress_images(data: bytes, model=None) -> torch.Tensor:
 
 def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEFAULT_CHUNK,
                   coding: dict | None = None, progress=None, fallback: bool = True,
-                  kind: str | None = None, gunzipped: bool = False) -> tuple[bytes, dict]:
+                  kind: str | None = None, gunzipped: bool = False, jobs: int = 1) -> tuple[bytes, dict]:
     """Compress a supported file given as its bytes (``name`` names it in messages and tells CIFAR
     batches apart by its ending); returns ``(.bbc bytes, summary)``. Where the model would code
     the data in more bytes than zlib, the file stores it with zlib instead, and ``summary["note"]``
-    says so in one line."""
+    says so in one line. ``jobs``: see :func:`compress`."""
+    jobs = resolve_jobs(jobs)
     f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped)
     check_restorable(f)
     restored = raw
     if raw[:2] == b"\x1f\x8b" and f.kind in ("idx", "cifar") and not f.restore.get("gzip"):
         restored = gzip.decompress(raw)  # gunzipped: the plain content is what comes back
     data, method, model_name, note = _coded_or_stored(f, restored, hashlib.sha256(restored).hexdigest(), model,
-                                                      coding, chunk, progress, fallback)
+                                                      coding, chunk, progress, fallback, jobs)
     dims = max(1, f.images.numel())
     summary = {"model": model_name or METHODS[method], "method": METHODS[method], "images": len(f.images),
                "input_bytes": len(raw), "output_bytes": len(data), "bits_per_dim": 8 * len(data) / dims}
@@ -280,16 +300,22 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
 
 def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAULT_CHUNK,
              coding: dict | None = None, progress=None, kind: str | None = None, gunzipped: bool = False,
-             fallback: bool = True) -> dict:
+             fallback: bool = True, jobs: int = 1) -> dict:
     """Compress the file ``src`` to ``dst``; returns a summary. ``"-"`` is standard input as ``src``
     and standard output as ``dst``; ``dst`` defaults to ``src + '.bbc'`` (standard output when
     ``src`` is standard input). Outputs are written as :mod:`bbcodec.fileio` describes (never a
     partial file; symlinks and devices are written through), with the input's permission bits.
     ``kind``: see :func:`bbcodec.formats.read_image_bytes`. ``gunzipped``: a gzip file that zlib
     cannot reproduce is coded as the data inside it (and restored as that plain file; the default
-    output name then drops ``.gz``: ``x.gz`` -> ``x.bbc``) instead of being refused."""
+    output name then drops ``.gz``: ``x.gz`` -> ``x.bbc``) instead of being refused.
+
+    ``jobs``: code the file's chunks in this many worker processes (0: one per CPU this process may
+    use; see :mod:`bbcodec.parallel`); the output is byte for byte the same whatever ``jobs`` is.
+    A file of one chunk (up to ``chunk`` images or tiles) gains nothing: a smaller ``chunk`` gives
+    more chunks (and other bytes). Models given as objects are coded in this process (as jobs=1)."""
     from .formats import count_images, unwrap_gzip
 
+    jobs = resolve_jobs(jobs)
     t0 = time.perf_counter()
     name = display_name(src)
     default = dst is None
@@ -310,7 +336,7 @@ def compress(src, dst=None, model=None, force: bool = False, chunk: int = DEFAUL
         dst = _check_output(src, dst, force)
     hint_images(progress, count_images(raw, name, kind) if progress is not None else None)
     data, summary = compress_data(raw, name, model=model, chunk=chunk, coding=coding, progress=progress,
-                                  kind=kind, gunzipped=gunzipped, fallback=fallback)
+                                  kind=kind, gunzipped=gunzipped, fallback=fallback, jobs=jobs)
     write_output(dst, data, force, mode=input_mode(src))
     if note:
         summary = {**summary, "input_bytes": len(original),
@@ -356,11 +382,12 @@ def read_container(src) -> Container:
     return Container.from_bytes(_read_input(src))
 
 
-def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict]:
+def decompress_data(data: bytes, model=None, progress=None, jobs: int = 1) -> tuple[bytes, dict]:
     """Restore the original file's bytes from ``.bbc`` bytes, verified against the checksum
-    recorded at compression; returns ``(bytes, summary)``."""
+    recorded at compression; returns ``(bytes, summary)``. ``jobs``: see :func:`decompress`."""
+    jobs = resolve_jobs(jobs)
     box = Container.from_bytes(data)
-    images, restored = _restore(box, model, progress)
+    images, restored = _restore(box, model, progress, jobs)
     if restored is None:  # an in-memory tensor: restored as .npy
         import io
 
@@ -372,11 +399,14 @@ def decompress_data(data: bytes, model=None, progress=None) -> tuple[bytes, dict
     return restored, {"images": len(images), "kind": box.kind, "model": box.model_name or METHODS[box.method]}
 
 
-def decompress(src, dst=None, force: bool = False, model=None, progress=None) -> dict:
+def decompress(src, dst=None, force: bool = False, model=None, progress=None, jobs: int = 1) -> dict:
     """Decompress ``src`` (a ``.bbc`` file; ``"-"``: standard input) to ``dst`` (default: ``src``
     without ``.bbc``; standard output for standard input, or when ``dst`` is ``"-"``), verifying
     the restored data against the checksum recorded at compression. Written as :func:`compress`
-    writes, with the ``.bbc`` file's permission bits."""
+    writes, with the ``.bbc`` file's permission bits. ``jobs``: decode the file's chunks in this
+    many worker processes (0: one per CPU), as :func:`compress` codes them; a file of one chunk
+    is decoded in this process."""
+    jobs = resolve_jobs(jobs)
     if dst is None:
         if is_stdio(src):
             dst = STDIO
@@ -392,7 +422,7 @@ def decompress(src, dst=None, force: bool = False, model=None, progress=None) ->
             hint_images(progress, Container.from_bytes(data).shape[0])
         except (BBCodecError, IndexError, TypeError, AttributeError):
             pass  # decompress_data says what is wrong
-    restored, summary = decompress_data(data, model=model, progress=progress)
+    restored, summary = decompress_data(data, model=model, progress=progress, jobs=jobs)
     write_output(dst, restored, force, mode=input_mode(src))
     return {"input": display_name(src), "output": display_name(dst, output=True), **summary,
             "seconds": time.perf_counter() - t0}
@@ -404,7 +434,7 @@ def info(src) -> dict:
 
 
 def evaluate(src, model=None, limit: int | None = None, coding: dict | None = None, chunk: int = DEFAULT_CHUNK,
-             progress=None, elbo_seed: int = ELBO_SEED) -> dict:
+             progress=None, elbo_seed: int = ELBO_SEED, jobs: int = 1) -> dict:
     """Compress and decompress ``src`` in memory (verified) and report, in bits per dimension, the
     model's negative ELBO next to the code length of the whole output file, with the overhead
     itemised, and the encode and decode speed. The negative ELBO is the coding model's, with the
@@ -414,7 +444,10 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
 
     ``src`` is a file, or an image tensor ``(N, H, W)`` / ``(N, 3, H, W)``; ``model`` a name, a
     path or a model object of the protocol (:mod:`bbcodec.protocol`). ``evaluate(my_model,
-    images)`` reads the same as ``evaluate(images, model=my_model)``."""
+    images)`` reads the same as ``evaluate(images, model=my_model)``. ``jobs``: the round trip's
+    chunks are coded and decoded in this many worker processes (see :func:`compress`); the
+    negative ELBO is computed in this process."""
+    jobs = resolve_jobs(jobs)
     if is_protocol_model(src):
         src, model = model, src
     if isinstance(src, torch.Tensor):
@@ -430,23 +463,25 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     images = f.images
     loaded = choose_model(images, f.pixels, model)
     dims = images.numel()
-    t0 = time.perf_counter()
-    layout, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress)
+    with _workers(jobs, loaded) as workers:
+        t0 = time.perf_counter()
+        layout, chunks, counts, stats = _encode_chunks(loaded, images, coding, chunk, progress, workers)
+        t_enc = time.perf_counter() - t0
+        box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(images.shape), f.pixels, f.restore,
+                        layout.stored_params(), chunks, counts, f.side_data)
+        t0 = time.perf_counter()
+        decoded = _decode_chunks(loaded, box, progress, workers)
+        t_dec = time.perf_counter() - t0
+    used = min(jobs, len(chunks)) if workers is not None and len(chunks) > 1 else 1  # worker processes
+    if not torch.equal(decoded, images):
+        raise BBCodecError("round trip failed: decoded images differ")  # never expected
     params = layout.stored_params()
-    t_enc = time.perf_counter() - t0
     elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
     unadapted = elbo
     if any(v for key in ("scale_shifts", "scale_slopes") for level in params.get(key, ()) for v in level):
         plain = {**params, "scale_shifts": (), "scale_slopes": ()}
         unadapted = Layout(loaded, images.shape, plain).negative_elbo(images, seed=elbo_seed)
-    box = Container(loaded.name, loaded.sha256, f.sha256, f.kind, list(images.shape), f.pixels, f.restore,
-                    params, chunks, counts, f.side_data)
     total_bits = 8 * len(box.to_bytes())
-    t0 = time.perf_counter()
-    decoded = _decode_chunks(loaded, box, progress)
-    t_dec = time.perf_counter() - t0
-    if not torch.equal(decoded, images):
-        raise BBCodecError("round trip failed: decoded images differ")  # never expected
     container_bits = 8 * box.header_bytes()
     plan_bits = sum(st.extra.get("plan_bits", 0) for st in stats)
     framing_bits = sum(8 * len(c) - st.bits for c, st in zip(chunks, stats)) - plan_bits
@@ -469,6 +504,6 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
         "encode_images_per_s": len(images) / t_enc,
         "decode_images_per_s": len(images) / t_dec,
         "encode_seconds": t_enc, "decode_seconds": t_dec,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "jobs": used,
         "coding": {**params, **layout.options.to_dict()},
     }

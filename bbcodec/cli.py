@@ -187,8 +187,16 @@ def _coding_options(f):
             f = click.option(flag, type=click.IntRange(opt.bounds[0]) if opt.kind is int else click.FloatRange(opt.bounds[0]),
                              help=opt.cli)(f)
     f = click.option("--chunk", default=10_000, show_default=True, type=click.IntRange(1),
-                     help="images per independently decodable chunk (bounds memory)")(f)
+                     help="images (tiles, for tiled models) per independently decodable chunk (bounds memory); "
+                          "changes the file's bytes")(f)
     return f
+
+
+def _jobs_option(f):
+    """``--jobs N``: chunks coded in N worker processes (see :mod:`bbcodec.parallel`)."""
+    return click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(0, 1024), metavar="N",
+                        help="code the chunks in N worker processes of one thread each (0: one per CPU); the "
+                             "same bytes whatever N; a file of one chunk gains nothing (see --chunk)")(f)
 
 
 def _coding(**options):
@@ -263,7 +271,8 @@ def _each_file(files, quiet, verb, work, line):
 @click.option("--fallback/--no-fallback", default=True,
               help="store with zlib where the model would code the data in more bytes (default: on)")
 @_coding_options
-def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fallback, chunk, **coding):
+@_jobs_option
+def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fallback, chunk, jobs, **coding):
     """Compress image datasets or images: IDX (gzipped or not), .npy, PNG, PPM/PGM, CIFAR-10 .bin[.gz].
 
     FILE "-" reads standard input and writes standard output. Inputs are never modified or deleted.
@@ -273,7 +282,7 @@ def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fal
 
     def work(path, tick):
         return api.compress(path, output, model=model, force=force, chunk=chunk, coding=_coding(**coding),
-                            progress=tick, kind=kind, gunzipped=gunzipped, fallback=fallback)
+                            progress=tick, kind=kind, gunzipped=gunzipped, fallback=fallback, jobs=jobs)
 
     _each_file(files, quiet, "compress", work,
                lambda r: (f"{r['input']} -> {r['output']}: {r['images']} images, {r['input_bytes']:,} -> "
@@ -289,7 +298,8 @@ def compress(files, output, to_stdout, force, model, quiet, kind, gunzipped, fal
 @click.option("-m", "--model", help="model name or path (default: the embedded or installed model of the file's "
               "name, else of its weights' SHA-256; see `bbcodec models`)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar or summary")
-def decompress(files, output, to_stdout, force, model, quiet):
+@_jobs_option
+def decompress(files, output, to_stdout, force, model, quiet, jobs):
     """Decompress .bbc files, restoring the original exactly (verified by checksum).
 
     FILE "-" reads standard input and writes standard output (or -o FILE).
@@ -298,7 +308,7 @@ def decompress(files, output, to_stdout, force, model, quiet):
     from . import api
 
     def work(path, tick):
-        return api.decompress(path, output, force=force, model=model, progress=tick)
+        return api.decompress(path, output, force=force, model=model, progress=tick, jobs=jobs)
 
     _each_file(files, quiet, "decompress", work,
                lambda r: f"{r['input']} -> {r['output']}: {r['images']} images ({r['seconds']:.1f} s)")
@@ -312,7 +322,8 @@ def decompress(files, output, to_stdout, force, model, quiet):
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 @_coding_options
-def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
+@_jobs_option
+def evaluate(data, model, limit, as_json, quiet, chunk, jobs, **coding):
     """Negative ELBO vs achieved code length (bits/dim) on DATA, verified by a full round trip."""
     from . import api
     from .fileio import read_input
@@ -322,7 +333,8 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
     if images and limit:
         images = min(images, limit)
     with _progress(quiet, f"eval {data}: encode", f"eval {data}: decode", images=images) as tick:
-        r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(**coding), progress=tick)
+        r = api.evaluate(data, model=model, limit=limit, chunk=chunk, coding=_coding(**coding), progress=tick,
+                         jobs=jobs)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
@@ -335,7 +347,8 @@ def evaluate(data, model, limit, as_json, quiet, chunk, **coding):
     for k, v in r["overhead_bits"].items():
         click.echo(f"    {k.replace('_', ' '):30s} {v:>10,d} bits  ({v / r['dims']:.5f} bits/dim)")
     click.echo(f"  speed              encode {r['encode_seconds']:.1f} s ({r['encode_images_per_s']:,.1f} images/s), "
-               f"decode {r['decode_seconds']:.1f} s ({r['decode_images_per_s']:,.1f} images/s), {r['threads']} threads")
+               f"decode {r['decode_seconds']:.1f} s ({r['decode_images_per_s']:,.1f} images/s), "
+               + (f"{r['jobs']} worker processes" if r.get("jobs", 1) > 1 else f"{r['threads']} threads"))
 
 
 def _model_row(m) -> dict:

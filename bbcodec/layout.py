@@ -115,41 +115,60 @@ class Layout:
         total = self.unit_count()
         return [(i, min(total, i + chunk)) for i in range(0, total, chunk)]
 
-    def encode(self, images: torch.Tensor, chunk: int, progress=None):
-        """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`)."""
-        self.adapt(images)
-        tick = _ticker(progress, self.unit_count())
+    def chunk_parts(self, images: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+        """What each chunk codes, in order (views, not copies): its images when chunks hold whole
+        images, otherwise its run of units (tiles are cut from all the images at once)."""
         ranges = self.chunk_ranges(len(images), chunk)
         if self.whole_images:
-            pieces = (self.segments(images[a:b]) for a, b in ranges)  # tiles made chunk by chunk
+            return [images[a:b] for a, b in ranges]
+        units = self.segments(images)[0].units
+        return [units[a:b] for a, b in ranges]
+
+    def encode_chunk(self, index: int, part: torch.Tensor, progress=None, codecs=None):
+        """Chunk ``index`` of :meth:`chunk_parts`: ``(bytes, units, stats)``. ``codecs``: those of
+        :meth:`codecs`, to reuse for runs of units (made afresh if not given)."""
+        if self.whole_images:
+            segments = self.segments(part)  # tiles made chunk by chunk
         else:
-            whole = self.segments(images)[0]
-            pieces = ([whole._replace(units=whole.units[a:b])] for a, b in ranges)
+            segments = [Segment((codecs or self.codecs())[0], part)]
+        data, st = encode_segments(segments, chunk=index, progress=progress)
+        return data, sum(len(s.units) for s in segments), st
+
+    def encode(self, images: torch.Tensor, chunk: int, progress=None, workers=None):
+        """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`).
+        ``workers`` (a :class:`bbcodec.parallel.ChunkWorkers`) code the chunks, if there are
+        several, in their processes: the same bytes."""
+        self.adapt(images)
+        tick = _ticker(progress, self.unit_count())
+        parts = self.chunk_parts(images, chunk)
+        if workers is not None and len(parts) > 1:
+            return workers.encode(self, parts, tick)
+        codecs = None if self.whole_images else self.codecs()
         chunks, counts, stats = [], [], []
-        for index, segments in enumerate(pieces):
-            data, st = encode_segments(segments, chunk=index, progress=tick)
+        for index, part in enumerate(parts):
+            data, count, st = self.encode_chunk(index, part, tick, codecs)
             chunks.append(data)
-            counts.append(sum(len(s.units) for s in segments))
+            counts.append(count)
             stats.append(st)
         return chunks, counts, stats
 
-    def decode(self, chunks, counts, progress=None) -> torch.Tensor:
-        """Inverse of :meth:`encode` (``counts``: units per chunk)."""
-        tick = _ticker(progress, self.unit_count())
-        parts = []
-        for index, (data, count) in enumerate(zip(chunks, counts)):
-            n = count // self.units_per_image()
-            if self.whole_images and count != n * self.units_per_image():
-                raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
-            sizes = self.segment_sizes(n) if self.whole_images else [count]
-            try:
-                decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index,
-                                          progress=tick)
-            except BBCodecError:
-                raise
-            except (ValueError, RuntimeError, IndexError) as exc:
-                raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-            parts.append(self._level_image(0, decoded, n) if self.whole_images else decoded[0])
+    def decode_chunk(self, index: int, data: bytes, count: int, progress=None) -> torch.Tensor:
+        """Chunk ``index`` of ``count`` units, decoded: its images ``(n, C, H, W)`` when chunks
+        hold whole images, otherwise its units; :meth:`assemble` joins the chunks."""
+        n = count // self.units_per_image()
+        if self.whole_images and count != n * self.units_per_image():
+            raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
+        sizes = self.segment_sizes(n) if self.whole_images else [count]
+        try:
+            decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index, progress=progress)
+        except BBCodecError:
+            raise
+        except (ValueError, RuntimeError, IndexError) as exc:
+            raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
+        return self._level_image(0, decoded, n) if self.whole_images else decoded[0]
+
+    def assemble(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The image tensor from the decoded chunks of :meth:`decode_chunk`, in order."""
         if not self.levels:
             return torch.cat(parts).reshape(self.shape) if parts else torch.empty(self.shape, dtype=torch.uint8)
         if not self.whole_images:
@@ -159,6 +178,14 @@ class Layout:
             parts = [tiling.uncut([units], self.shape[0], lvl)]
         x = torch.cat(parts)
         return (x[:, 0] if self.grey or self.luminance else x).contiguous()
+
+    def decode(self, chunks, counts, progress=None, workers=None) -> torch.Tensor:
+        """Inverse of :meth:`encode` (``counts``: units per chunk; ``workers`` as there)."""
+        tick = _ticker(progress, self.unit_count())
+        if workers is not None and len(chunks) > 1:
+            return self.assemble(workers.decode(self, chunks, counts, tick))
+        return self.assemble([self.decode_chunk(index, data, count, tick)
+                              for index, (data, count) in enumerate(zip(chunks, counts))])
 
     def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
         """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""
