@@ -166,7 +166,7 @@ class ContextVAE(nn.Module):
         c = self.config
         b = feats.shape[0]
         pos = self.positions(g)
-        inputs = feats[:, pos]
+        inputs = feats.index_select(1, pos)
         ctx = getattr(self, f"ctx{g}")
         if ctx.shape[1]:
             # known pixels in a flat vector whose last entry is the padding value
@@ -174,7 +174,7 @@ class ContextVAE(nn.Module):
             known = torch.full((b, c.height * c.width + 1), pad_value, dtype=torch.float64, device=pos.device)
             for gg, pix in enumerate(previous):
                 known[:, self.positions(gg)] = self.scaled(pix)
-            neighbours = known[:, ctx]  # (B, n_g, c_g)
+            neighbours = known.index_select(1, ctx.reshape(-1)).reshape(b, *ctx.shape)  # (B, n_g, c_g)
             inputs = torch.cat([inputs, num.input(neighbours).to(inputs.dtype)], -1)
         l1, l2, l3 = self.heads[g]
         n_g = pos.numel()

@@ -259,10 +259,10 @@ class HierarchicalVAE(nn.Module):
         _, _, pos, ctx = self.layout(h, w)[step]
         b = feats.shape[0]
         n = pos.numel()
-        inputs = feats[:, pos.to(feats.device)]
+        inputs = feats.index_select(1, pos.to(feats.device))
         l1, l2, l3, skip = self.heads[step]
         if ctx.shape[1]:
-            context = num.input(known[:, ctx.to(known.device)]).to(inputs.dtype)
+            context = num.input(known.index_select(1, ctx.to(known.device).reshape(-1)).reshape(b, *ctx.shape)).to(inputs.dtype)
             inputs = torch.cat([inputs, context], -1)
         hdd = num.linear(l1, inputs.reshape(b * n, -1), relu=True)
         hdd = num.linear(l2, hdd, relu=True)
