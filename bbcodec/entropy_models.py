@@ -492,6 +492,8 @@ class LogisticMixture(CDFModel):
         if (weights is None) == (logits is None):
             raise ModelError("give exactly one of weights and logits")
         means, scales = _as_float64("means", means), _as_float64("scales", scales)
+        if logits is not None and self._setup_by_kernel(means, scales, logits, n, precision, end_masses):
+            return
         if weights is not None:
             w = _as_float64("weights", weights)
             if bool((w < 0).any()):
@@ -521,6 +523,21 @@ class LogisticMixture(CDFModel):
         # sigmoid((i - 0.5 - mean) / scale) = table(i * slope + intercept), per component
         self.slopes, self.intercepts = detmath.sigmoid_table().coordinate_map(inv, (-0.5 - means) * inv)
         self.weights, self.low_mass = w, low
+
+    def _setup_by_kernel(self, means, scales, logits, n, precision, end_masses) -> bool:
+        """On the CPU, the same parameters from one compiled pass (:func:`kernels.mixture_setup`),
+        for finite logits whose shapes need no broadcasting; False where the torch code must run."""
+        logits = _as_float64("logits", logits)
+        extra = 2 if end_masses else 0
+        if not (kernels.enabled(means, scales, logits) and means.dim() >= 1 and means.shape == scales.shape
+                and logits.shape == means.shape[:-1] + (means.shape[-1] + extra,)
+                and bool(torch.isfinite(logits.sum()))):
+            return False
+        if bool((scales <= 0).any()):
+            raise ModelError("scales must be positive")
+        self.n, self.precision, self.shape = int(n), precision, tuple(means.shape[:-1])
+        self.slopes, self.intercepts, self.weights, self.low_mass = kernels.mixture_setup(means, scales, logits, end_masses)
+        return True
 
     _F_BITS = 32  # the mixture CDF is summed as integers in units of 2**-32: exact, so order-free
 

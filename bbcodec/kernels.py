@@ -81,6 +81,43 @@ if numba is not None:
         f = min(max(_table(values, deltas, (t - lo) * steps), 0.0), 1.0)
         return np.int64(np.floor(f * float((np.int64(1) << precision) - n))) + i
 
+    @_jit
+    def _mixture_setup(means, scales, logits, end_masses, exp_values, exp_deltas, exp_lo, exp_steps,
+                       sig_lo, sig_steps):
+        """``LogisticMixture.__init__`` from logits: the table softmax (``detmath.softmax``), the
+        second normalisation, and the sigmoid table's coordinate map, operation for operation."""
+        lanes, k = means.shape
+        m = logits.shape[1]
+        slopes = np.empty((lanes, k))
+        intercepts = np.empty((lanes, k))
+        weights = np.empty((lanes, k))
+        low = np.zeros(lanes)
+        e = np.empty(m)
+        for j in range(lanes):
+            top = logits[j, 0]
+            for c in range(1, m):
+                top = max(top, logits[j, c])
+            for c in range(m):
+                e[c] = _table(exp_values, exp_deltas, (min(logits[j, c] - top, 0.0) - exp_lo) * exp_steps)
+            total = e[0]
+            for c in range(1, m):
+                total = total + e[c]
+            for c in range(m):
+                e[c] = e[c] / total
+            total = e[0]
+            for c in range(1, m):
+                total = total + e[c]
+            for c in range(m):
+                e[c] = e[c] / total
+            if end_masses:
+                low[j] = e[m - 2]
+            for c in range(k):
+                inv = 1.0 / scales[j, c]
+                slopes[j, c] = inv * sig_steps
+                intercepts[j, c] = ((-0.5 - means[j, c]) * inv - sig_lo) * sig_steps
+                weights[j, c] = e[c]
+        return slopes, intercepts, weights, low
+
     def _cdf(i, lane, p):
         """``C(i)`` of lane ``lane`` for the model whose parameters ``p`` are (compiled only)."""
         raise NotImplementedError
@@ -179,3 +216,19 @@ def lookup(model, slots: torch.Tensor):
     ``lookup`` computes them."""
     out = _lookup(_PARAMS[type(model).__name__](model), _array(slots.reshape(-1), torch.int64))
     return tuple(torch.from_numpy(t).reshape(slots.shape) for t in out)
+
+
+def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor, end_masses: bool):
+    """``(slopes, intercepts, weights, low_mass)`` of a ``LogisticMixture`` built from finite
+    ``logits`` ``(*batch, K [+2])`` and ``means``, ``scales`` ``(*batch, K)`` (float64), as its
+    ``__init__`` computes them."""
+    from . import detmath
+
+    batch, k = tuple(means.shape[:-1]), means.shape[-1]
+    ex, sig = detmath.exp_neg_table(), detmath.sigmoid_table()
+    values, deltas = ex._on(torch.device("cpu"))
+    out = _mixture_setup(_array(means.reshape(-1, k), torch.float64), _array(scales.reshape(-1, k), torch.float64),
+                         _array(logits.reshape(-1, logits.shape[-1]), torch.float64), end_masses,
+                         values.numpy(), deltas.numpy(), float(ex.lo), float(ex.scale), float(sig.lo), float(sig.scale))
+    slopes, intercepts, weights, low = (torch.from_numpy(t) for t in out)
+    return (slopes.reshape(*batch, k), intercepts.reshape(*batch, k), weights.reshape(*batch, k), low.reshape(batch))

@@ -97,3 +97,18 @@ def test_gaussian_on_bins_matches_torch(seed, bits, spread, conditional):
         assert _equal(*_both(mp, lambda: model.lookup(slots)))
     finally:
         mp.undo()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 5), spread=st.sampled_from([0.1, 1.0, 10.0, 80.0]),
+       end_masses=st.booleans())
+def test_mixture_setup_matches_torch(seed, k, spread, end_masses):
+    """The compiled constructor gives the torch constructor's parameters bit for bit (softmax by
+    table, both normalisations, the sigmoid coordinate map), extreme logits included."""
+    mp = pytest.MonkeyPatch()
+    try:
+        fast, slow = _both(mp, lambda: _mixture(seed, 257, k, spread, end_masses)[0])
+    finally:
+        mp.undo()
+    for name in ("slopes", "intercepts", "weights", "low_mass"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
