@@ -156,6 +156,14 @@ class Message:
         self._words[self._len : need] = words
         self._len = need
 
+    def _reserve(self, n: int) -> None:
+        """Make room for ``n`` more stream words without changing the stream."""
+        need = self._len + n
+        if need > self._words.numel():
+            grown = torch.zeros(max(need, 2 * self._words.numel()), dtype=torch.int64, device=self.device)
+            grown[: self._len] = self._words[: self._len]
+            self._words = grown
+
     def _take(self, n: int) -> torch.Tensor:
         """Remove and return the newest ``n`` words, oldest first; seeded words fill any shortfall."""
         if n <= self._len:

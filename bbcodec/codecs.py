@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import entropy_models as em
+from . import kernels
 
 
 class Codec:
@@ -55,6 +56,9 @@ class EntropyCodec(Codec):
 
     def push(self, message, symbols) -> None:
         rounds = self._rounds(message)
+        if kernels.codes_rounds(self.model, message):  # every round in one compiled loop
+            kernels.push_rounds(self.model, message, self.model.checked_symbols(symbols))
+            return
         start, freq = self.model.checked_interval(symbols)
         p = self.model.precision
         if not rounds:
@@ -69,12 +73,18 @@ class EntropyCodec(Codec):
     def pop(self, message) -> torch.Tensor:
         rounds = self._rounds(message)
         p = self.model.precision
+        done, out = 0, []
+        if kernels.codes_rounds(self.model, message):  # every round in one compiled loop
+            count = int(np.prod(rounds))
+            sym, done = kernels.pop_rounds(self.model, message, count)
+            if done == count:
+                return sym.reshape(self.model.shape)
+            out = list(sym[: done * int(np.prod(message.lane_shape))].reshape(done, *message.lane_shape))
         if not rounds:
             sym, start, freq = self.model.lookup(message.peek(p))
             message.pop(start, freq, p)
             return sym
-        out = []
-        for r in range(int(np.prod(rounds))):
+        for r in range(done, int(np.prod(rounds))):
             model = self.model[np.unravel_index(r, rounds)]
             sym, start, freq = model.lookup(message.peek(p))
             message.pop(start, freq, p)

@@ -112,6 +112,10 @@ class EntropyModel:
         shape = tuple(shape)
         return self._map(lambda t, trailing: t.reshape(shape + tuple(t.shape[t.dim() - trailing:])))
 
+    def checked_symbols(self, symbols) -> torch.Tensor:
+        """``symbols`` as int64 after validating their dtype, shape and range."""
+        return _check_symbols(symbols, self.shape, self.n)
+
     def checked_interval(self, symbols) -> Interval:
         """:meth:`interval` after validating the symbols' dtype, shape and range."""
         return self.interval(_check_symbols(symbols, self.shape, self.n))

@@ -18,6 +18,7 @@ Set ``BBCODEC_KERNELS=torch`` to use the torch reference everywhere (slower, sam
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -118,6 +119,11 @@ if numba is not None:
                 weights[j, c] = e[c]
         return slopes, intercepts, weights, low
 
+    def _uniform_cdf(i, lane, p):
+        """``Uniform._cum``: ``floor(i * 2**precision / n)``. ``p``: (n, precision)."""
+        n, precision = p
+        return (np.int64(i) << precision) // n
+
     def _cdf(i, lane, p):
         """``C(i)`` of lane ``lane`` for the model whose parameters ``p`` are (compiled only)."""
         raise NotImplementedError
@@ -126,7 +132,7 @@ if numba is not None:
     def _cdf_for(i, lane, p):
         # the parameter tuple's type says which model it is (chosen while compiling, and cached:
         # functions passed as arguments would not cache)
-        return {8: _mixture_cdf, 11: _gaussian_cdf}.get(len(p.types))
+        return {2: _uniform_cdf, 8: _mixture_cdf, 11: _gaussian_cdf}.get(len(p.types))
 
     @_jit
     def _interval(p, symbols):
@@ -139,40 +145,96 @@ if numba is not None:
         return start, freq
 
     @_jit
-    def _lookup(p, slots):
-        """Per lane, the largest ``i`` with ``C(i) <= slot`` (``C`` strictly increasing, so
-        unique), by probing the end symbols (often most of the mass) and then bisecting."""
+    def _lookup_one(p, j, slot):
+        """The largest ``i`` with ``C(i) <= slot`` in lane ``j`` (``C`` is strictly increasing, so it
+        is unique) with ``(C(i), C(i + 1) - C(i))``: the end symbols (often most of the mass) are
+        probed first, then the rest bisected."""
         n, precision = p[0], p[1]
+        lo, hi = 0, n
+        c_lo, c_hi = np.int64(0), np.int64(1) << precision
+        c1 = _cdf(1, j, p)
+        if slot < c1:
+            hi, c_hi = 1, c1
+        elif n > 2:
+            lo, c_lo = 1, c1
+            c_last = _cdf(n - 1, j, p)
+            if slot >= c_last:
+                lo, c_lo = n - 1, c_last
+            else:
+                hi, c_hi = n - 1, c_last
+        else:
+            lo, c_lo = 1, c1
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            c = _cdf(mid, j, p)
+            if c <= slot:
+                lo, c_lo = mid, c
+            else:
+                hi, c_hi = mid, c
+        return lo, c_lo, c_hi - c_lo
+
+    @_jit
+    def _lookup(p, slots):
         sym = np.empty(slots.shape[0], dtype=np.int64)
         start = np.empty(slots.shape[0], dtype=np.int64)
         freq = np.empty(slots.shape[0], dtype=np.int64)
         for j in range(slots.shape[0]):
-            slot = slots[j]
-            lo, hi = 0, n
-            c_lo, c_hi = np.int64(0), np.int64(1) << precision
-            c1 = _cdf(1, j, p)
-            if slot < c1:
-                hi, c_hi = 1, c1
-            elif n > 2:
-                lo, c_lo = 1, c1
-                c_last = _cdf(n - 1, j, p)
-                if slot >= c_last:
-                    lo, c_lo = n - 1, c_last
-                else:
-                    hi, c_hi = n - 1, c_last
-            else:
-                lo, c_lo = 1, c1
-            while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                c = _cdf(mid, j, p)
-                if c <= slot:
-                    lo, c_lo = mid, c
-                else:
-                    hi, c_hi = mid, c
-            sym[j] = lo
-            start[j] = c_lo
-            freq[j] = c_hi - c_lo
+            sym[j], start[j], freq[j] = _lookup_one(p, j, slots[j])
         return sym, start, freq
+
+    @_jit
+    def _push_rounds(p, symbols, heads, lanes, words, length, precision):
+        """``Message.push`` of every round, last round first, symbol ``r * L + j`` on lane
+        ``lanes[j]``: the same integers, and the same words in the same order, as one push per
+        round. ``words`` has room for one word per symbol; returns the new stream length."""
+        count = lanes.shape[0]
+        emit_at = np.int64(1) << (63 - precision)
+        top = np.int64(1) << precision
+        for r in range(symbols.shape[0] // count - 1, -1, -1):
+            for j in range(count):
+                q = r * count + j
+                start = _cdf(symbols[q], q, p)
+                freq = _cdf(symbols[q] + 1, q, p) - start
+                h = heads[lanes[j]]
+                quot = h // freq
+                if quot >= emit_at:
+                    words[length] = h & 0xFFFFFFFF
+                    length += 1
+                    h = h >> 32
+                    quot = h // freq
+                heads[lanes[j]] = h + quot * (top - freq) + start
+        return length
+
+    @_jit
+    def _pop_rounds(p, heads, lanes, words, length, precision, rounds, out):
+        """``Message.pop`` of ``rounds`` rounds into ``out``, as one peek, lookup and pop per
+        round. Stops before a round that needs more words than the stream holds (the caller's
+        reference path draws the seeded words); returns (rounds done, new stream length)."""
+        count = lanes.shape[0]
+        mask = (np.int64(1) << precision) - 1
+        fresh = np.empty(count, dtype=np.int64)
+        for r in range(rounds):
+            low = 0
+            for j in range(count):
+                q = r * count + j
+                h = heads[lanes[j]]
+                slot = h & mask
+                sym, start, freq = _lookup_one(p, q, slot)
+                out[q] = sym
+                fresh[j] = freq * (h >> precision) + slot - start
+                if fresh[j] < 2147483648:
+                    low += 1
+            if low > length:
+                return r, length
+            k = length - low
+            for j in range(count):
+                h = fresh[j]
+                if h < 2147483648:
+                    h = (h << 32) | words[k]
+                    k += 1
+                heads[lanes[j]] = h
+            length -= low
+        return rounds, length
 
 
 def _flat(t: torch.Tensor, shape, dtype=torch.float64) -> np.ndarray:
@@ -201,7 +263,54 @@ def _gaussian_params(model) -> tuple:
             values.numpy(), deltas.numpy(), float(table.lo), float(table.scale))
 
 
-_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params}
+def _uniform_params(model) -> tuple:
+    return (int(model.n), int(model.precision))
+
+
+_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params, "Uniform": _uniform_params}
+
+
+def codes_rounds(model, message) -> bool:
+    """Whether :func:`push_rounds` and :func:`pop_rounds` serve this model and message."""
+    return (numba is not None and os.environ.get("BBCODEC_KERNELS", "") != "torch" and message.device.type == "cpu"
+            and type(model).__name__ in _PARAMS and math.prod(message.lane_shape) > 0)
+
+
+def _lanes(message):
+    """(root message, flat int64 head indices of the message's lanes in row-major order)."""
+    root, idx = (message, None) if not hasattr(message, "root") else (message.root, message.idx)
+    root.heads = root.heads.contiguous()
+    total = root.heads.numel()
+    if idx is None:
+        flat = torch.arange(total)
+    elif isinstance(idx, slice):
+        flat = torch.arange(idx.start, idx.stop)
+    else:
+        flat = idx.reshape(-1)
+    return root, _array(flat, torch.int64)
+
+
+def push_rounds(model, message, symbols: torch.Tensor) -> None:
+    """Push checked ``symbols`` (the model's batch shape ``(*rounds, *lanes)``) round by round,
+    the last first, as ``EntropyCodec.push`` does, in one compiled loop."""
+    root, lanes = _lanes(message)
+    flat = _array(symbols.reshape(-1), torch.int64)
+    root._reserve(flat.shape[0])
+    heads = root.heads.view(-1).numpy()
+    root._len = int(_push_rounds(_PARAMS[type(model).__name__](model), flat, heads, lanes,
+                                 root._words.numpy(), root._len, int(model.precision)))
+
+
+def pop_rounds(model, message, rounds: int):
+    """Pop ``rounds`` rounds as ``EntropyCodec.pop`` does; returns (symbols ``(rounds * lanes,)``,
+    rounds done): fewer than asked when the stream ran dry (the rest is the caller's)."""
+    root, lanes = _lanes(message)
+    out = np.zeros(rounds * lanes.shape[0], dtype=np.int64)
+    heads = root.heads.view(-1).numpy()
+    done, length = _pop_rounds(_PARAMS[type(model).__name__](model), heads, lanes, root._words.numpy(),
+                               root._len, int(model.precision), rounds, out)
+    root._len = int(length)
+    return torch.from_numpy(out), int(done)
 
 
 def interval(model, symbols: torch.Tensor):
