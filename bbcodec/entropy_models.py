@@ -380,6 +380,12 @@ class Categorical(EntropyModel):
         if probs is not None:
             if not t.is_floating_point():
                 t = t.to(torch.float64)
+            if t.dtype in (torch.float32, torch.float64) and kernels.enabled(t) and t.numel():
+                cum_q, error = kernels.quantised_prefix_sums(t)  # one compiled pass, same integers
+                if error:
+                    raise ModelError(error)
+                self._init_from_prefix_sums(cum_q, precision)
+                return
             lo, hi = torch.aminmax(t, dim=-1) if n > 1 else (t[..., 0], t[..., 0])
             if bool(torch.isnan(hi).any()) or bool(torch.isnan(lo).any()):
                 raise ModelError("probs contains NaN")

@@ -124,6 +124,55 @@ if numba is not None:
         n, precision = p
         return (np.int64(i) << precision) // n
 
+    def _bernoulli_cdf(i, lane, p):
+        """``Bernoulli``: ``C(1) = 2**precision - freq(1)``. ``p``: (n = 2, precision, freq(1))."""
+        n, precision, freq1 = p
+        if i <= 0:
+            return np.int64(0)
+        if i >= 2:
+            return np.int64(1) << precision
+        return (np.int64(1) << precision) - freq1[lane]
+
+    def _categorical_cdf(i, lane, p):
+        """``Categorical._cum``: ``floor(Q_i * (2**precision - n) / Q_n) + i``. ``p``: (n,
+        precision, prefix sums Q_1..Q_n per lane, padding)."""
+        n, precision, cum_q, _ = p
+        if i <= 0:
+            return np.int64(0)
+        q = np.int64(cum_q[lane, min(i, n) - 1])
+        return (q * ((np.int64(1) << precision) - n)) // np.int64(cum_q[lane, n - 1]) + i
+
+    @_jit
+    def _quantised_prefix_sums(rows, scale, out):
+        """``Categorical._quantised_prefix_sums`` in one pass per row, with its checks: returns 0,
+        or 1 (NaN), 2 (a negative probability), 3 (an infinite one). ``scale``: a one-element
+        array of the rows' dtype, so that the scale and products round as the reference's (in
+        float32 for float32 rows)."""
+        count, n = rows.shape
+        for r in range(count):
+            hi = rows[r, 0]
+            lo = rows[r, 0]
+            for c in range(n):
+                v = rows[r, c]
+                if v != v:
+                    return 1
+                hi = max(hi, v)
+                lo = min(lo, v)
+            if lo < 0:
+                return 2
+            if np.isinf(hi):
+                return 3
+            if hi > 0:
+                scale[0] = 4194304.0 / np.float64(hi)  # 2**22 / max in float64, stored in the rows' dtype
+                total = np.int32(0)
+                for c in range(n):
+                    total += np.int32(rows[r, c] * scale[0])
+                    out[r, c] = total
+            else:
+                for c in range(n):
+                    out[r, c] = c + 1
+        return 0
+
     def _cdf(i, lane, p):
         """``C(i)`` of lane ``lane`` for the model whose parameters ``p`` are (compiled only)."""
         raise NotImplementedError
@@ -132,7 +181,8 @@ if numba is not None:
     def _cdf_for(i, lane, p):
         # the parameter tuple's type says which model it is (chosen while compiling, and cached:
         # functions passed as arguments would not cache)
-        return {2: _uniform_cdf, 8: _mixture_cdf, 11: _gaussian_cdf}.get(len(p.types))
+        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 8: _mixture_cdf,
+                11: _gaussian_cdf}.get(len(p.types))
 
     @_jit
     def _interval(p, symbols):
@@ -267,7 +317,17 @@ def _uniform_params(model) -> tuple:
     return (int(model.n), int(model.precision))
 
 
-_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params, "Uniform": _uniform_params}
+def _bernoulli_params(model) -> tuple:
+    return (2, int(model.precision), _array(model._freq1.reshape(-1), torch.int64))
+
+
+def _categorical_params(model) -> tuple:
+    cum_q = model._cum_q
+    return (int(model.n), int(model.precision), _array(cum_q.reshape(-1, cum_q.shape[-1]), torch.int32), 0)
+
+
+_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params, "Uniform": _uniform_params,
+           "Bernoulli": _bernoulli_params, "Categorical": _categorical_params, "BetaBinomial": _categorical_params}
 
 
 def codes_rounds(model, message) -> bool:
@@ -341,3 +401,18 @@ def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tenso
                          values.numpy(), deltas.numpy(), float(ex.lo), float(ex.scale), float(sig.lo), float(sig.scale))
     slopes, intercepts, weights, low = (torch.from_numpy(t) for t in out)
     return (slopes.reshape(*batch, k), intercepts.reshape(*batch, k), weights.reshape(*batch, k), low.reshape(batch))
+
+
+_PROBS_ERRORS = {1: "probs contains NaN", 2: "probs must be non-negative", 3: "probs must be finite"}
+
+
+def quantised_prefix_sums(probs: torch.Tensor):
+    """``Categorical``'s int32 prefix sums of float32 or float64 ``probs`` ``(*batch, n)``, or an
+    error message for invalid probabilities."""
+    n = probs.shape[-1]
+    rows = _array(probs.reshape(-1, n), probs.dtype)
+    out = np.empty(rows.shape, dtype=np.int32)
+    status = _quantised_prefix_sums(rows, np.zeros(1, dtype=rows.dtype), out)
+    if status:
+        return None, _PROBS_ERRORS[status]
+    return torch.from_numpy(out).reshape(probs.shape), None

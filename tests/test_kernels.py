@@ -118,7 +118,7 @@ def _message_state(msg):
     return msg.heads.clone(), msg.stream.clone(), msg.initial_words
 
 
-@pytest.mark.parametrize("kind", ["mixture", "gaussian", "uniform"])
+@pytest.mark.parametrize("kind", ["mixture", "gaussian", "uniform", "bernoulli", "categorical", "betabinomial"])
 @pytest.mark.parametrize("lanes", ["all", "slice", "index"])
 def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
     """EntropyCodec push and pop through the compiled round loops leave the message exactly as the
@@ -137,6 +137,12 @@ def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
     elif kind == "gaussian":
         model = em.GaussianOnBins(torch.randn(shape, generator=g, dtype=torch.float64),
                                   torch.rand(shape, generator=g, dtype=torch.float64) + 0.05, 8)
+    elif kind == "bernoulli":
+        model = em.Bernoulli(torch.rand(shape, generator=g) ** 3)
+    elif kind == "categorical":
+        model = em.Categorical(torch.rand(*shape, 300, generator=g) ** 4)
+    elif kind == "betabinomial":
+        model = em.BetaBinomial(255, torch.rand(shape, generator=g) * 3 + 0.1, torch.rand(shape, generator=g) + 0.1)
     else:
         model = em.Uniform(1000, shape)
     symbols = torch.randint(0, model.n, shape, generator=g)
@@ -161,3 +167,22 @@ def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[3], symbols) and torch.equal(slow[3], symbols)
     for a, b in zip(fast[1:3] + fast[4:], slow[1:3] + slow[4:]):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_categorical_prefix_sums_and_checks_match_torch(monkeypatch, dtype):
+    g = torch.Generator().manual_seed(11)
+    probs = (torch.rand(50, 40, generator=g, dtype=torch.float64) ** 6).to(dtype)
+    probs[3] = 0  # an all-zero row: uniform
+    probs[4, 7] = 1e-30
+    fast, slow = _both(monkeypatch, lambda: em.Categorical(probs)._cum_q)
+    assert torch.equal(fast, slow)
+    for bad, message in ((float("nan"), "NaN"), (-1.0, "non-negative"), (float("inf"), "finite")):
+        p = probs.clone()
+        p[5, 2] = bad
+        with pytest.raises(em.ModelError, match=message):
+            em.Categorical(p)
+        monkeypatch.setenv("BBCODEC_KERNELS", "torch")
+        with pytest.raises(em.ModelError, match=message):
+            em.Categorical(p)
+        monkeypatch.delenv("BBCODEC_KERNELS")
