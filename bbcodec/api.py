@@ -38,6 +38,7 @@ DEFAULT_CHUNK = 10_000
 MNIST_MODELS = {"uint8": "mnist-uint8", "binary": "mnist-binary"}
 COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
 PHOTO_MODEL = "photo-rgb"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
+GREY_PHOTO_MODEL = "photo-grey"  # greyscale photographs (a luminance model)
 PHOTO_SIZE = 64
 
 
@@ -48,12 +49,16 @@ def _colour(images: torch.Tensor) -> str:
 
 def default_model(images: torch.Tensor, pixels: str) -> str:
     """The embedded model for these images: MNIST models for 28x28 greyscale (binary or 8-bit),
-    the photo model for images at least :data:`PHOTO_SIZE` pixels on the shorter side, the CIFAR
+    the photo models (colour, or the luminance model for greyscale) for images at least
+    :data:`PHOTO_SIZE` pixels on the shorter side, the CIFAR
     model for smaller ones (greyscale images in the colour models' grey mode)."""
     if images.dim() == 3 and tuple(images.shape[-2:]) == (28, 28):
         return MNIST_MODELS[pixels]
-    if min(images.shape[-2:]) >= PHOTO_SIZE and PHOTO_MODEL in embedded_models():
-        return PHOTO_MODEL
+    if min(images.shape[-2:]) >= PHOTO_SIZE:
+        if images.dim() == 3 and GREY_PHOTO_MODEL in embedded_models():
+            return GREY_PHOTO_MODEL
+        if PHOTO_MODEL in embedded_models():
+            return PHOTO_MODEL
     return COLOUR_MODEL
 
 

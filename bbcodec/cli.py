@@ -362,11 +362,15 @@ def _model_row(m) -> dict:
 
 def _model_line(r) -> str:
     bpd = r.get("test_bits_per_dim")
-    if bpd is None and r.get("test_bits_per_dim_float") is not None:  # a model from `bbcodec train`
-        bpd = f"{r['test_bits_per_dim_float']:.4f} (training ELBO)"
-    elif bpd is not None:
-        bpd = f"{bpd:.4f}"
-    return (f"{r['name']:16s} {r.get('dataset', '?')}; test {bpd} bits/dim; {r['size_bytes'] / 1e6:.1f} MB"
+    if bpd is not None:
+        figure = f"test {bpd:.4f} bits/dim"
+    elif r.get("test_bits_per_dim_float") is not None:  # a model from `bbcodec train`
+        figure = f"test {r['test_bits_per_dim_float']:.4f} bits/dim (training ELBO)"
+    elif r.get("valid_bits_per_dim_float") is not None:  # trained on photos with --valid
+        figure = f"validation {r['valid_bits_per_dim_float']:.4f} bits/dim (training ELBO)"
+    else:
+        figure = "no test figure"
+    return (f"{r['name']:16s} {r.get('dataset', '?')}; {figure}; {r['size_bytes'] / 1e6:.1f} MB"
             + ("; shadowed by an earlier model of that name" if r.get("shadowed") else ""))
 
 
