@@ -256,7 +256,7 @@ def run(s: TrainSettings) -> dict:
         from .zoo import load_model
 
         start = load_model(s.init).model
-        if getattr(start.config, "channels", channels) != channels:
+        if tiled and getattr(start.config, "channels", channels) != channels:  # image channels
             from .models.hierarchical_vae import luminance_state_dict
 
             if not (grey and start.config.channels == 3 and start.config.ARCH == "hierarchical_vae"):

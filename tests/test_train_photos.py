@@ -141,3 +141,27 @@ def test_cli_train_photos(tmp_path, photos):
     assert meta["crop"] == 8 and meta["crops_per_epoch"] == 32 and len(meta["valid_bits_per_dim"]) == 1
     bad = CliRunner().invoke(main, args[:-1] + ["--crop", "6", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and "multiple of 4" in bad.output
+
+
+def test_luminance_model_starts_as_the_colour_models_grey_mode():
+    """``--grey --init COLOUR`` starts from weights that compute the colour model's grey mode: the
+    same KL and likelihood on images whose three channels are equal."""
+    import torch
+
+    from bbcodec.models.hierarchical_vae import HierarchicalVAE, HierarchicalVAEConfig, luminance_state_dict
+
+    torch.manual_seed(0)
+    colour = HierarchicalVAE(HierarchicalVAEConfig(patch=16, width=8, z1_channels=2, z2_channels=2, features=4,
+                                                   head_hidden=8)).eval()
+    for p in colour.parameters():  # away from the initialisation's symmetries
+        p.data.add_(torch.randn_like(p) * 0.05)
+    grey = HierarchicalVAE(HierarchicalVAEConfig.from_dict({**colour.config.to_dict(), "channels": 1})).eval()
+    grey.load_state_dict(luminance_state_dict(colour))
+    x = torch.randint(0, 256, (3, 1, 16, 16))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = grey.negative_elbo(x)
+        torch.manual_seed(1)
+        b = colour.negative_elbo(x.expand(-1, 3, -1, -1), steps=[s for s in range(colour.steps) if s % 3 == 0])
+    assert torch.allclose(a["kl_bits"], b["kl_bits"], rtol=1e-5)
+    assert torch.allclose(a["nll_bits"], b["nll_bits"], rtol=1e-5)
