@@ -1,0 +1,164 @@
+"""Speed benchmark: the issue's targets, each against a reference timed in the same run.
+
+* MNIST 8-bit test set (IDX, 10,000 images): ``bbcodec compress`` and ``decompress`` wall times
+  (the CLI, start-up included) against ``xz -9e -T1`` on the same file;
+* binarised MNIST test set and CIFAR-10 test[0:1000]: images/s each way (``api.evaluate``, round
+  trip verified) and bits/dim;
+* kodim23 (768x512): CLI compress and decompress against ``cjxl -q 100 -e 7`` / ``djxl``;
+* under load: two identical CLI round trips of 2,000 MNIST digits started together, against one
+  alone.
+
+Every figure is the median of ``--repeats`` runs. Run on a quiet machine (nothing else running).
+
+    python bench/speed.py --json bench/results/speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+
+def wall(cmd, repeats: int, env=None) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "bbcodec.cli", *map(str, args)]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    return a.read_bytes() == b.read_bytes()
+
+
+def mnist_vs_xz(tmp: Path, repeats: int, threads: int) -> dict:
+    raw = tmp / "t10k-images-idx3-ubyte"
+    raw.write_bytes(gzip.decompress((DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    bbc, out = tmp / "t10k.bbc", tmp / "t10k.out"
+    t = ["--threads", threads]
+    comp = wall(cli(*t, "compress", "-f", raw, "-o", bbc), repeats)
+    decomp = wall(cli(*t, "decompress", "-f", bbc, "-o", out), repeats)
+    assert same_file(raw, out)
+    xz_c = wall(["sh", "-c", f"xz -9e -T1 -k -c {raw} > {tmp / 't.xz'}"], repeats)
+    xz_d = wall(["sh", "-c", f"xz -d -c {tmp / 't.xz'} > /dev/null"], repeats)
+    n = 10000
+    return {"bbcodec_compress_s": comp, "bbcodec_decompress_s": decomp, "bbcodec_bytes": bbc.stat().st_size,
+            "bbcodec_images_per_s": [n / comp, n / decomp],
+            "xz_compress_s": xz_c, "xz_decompress_s": xz_d, "xz_bytes": (tmp / "t.xz").stat().st_size,
+            "round_trip_ratio_vs_xz": (comp + decomp) / (xz_c + xz_d)}
+
+
+def api_rates(repeats: int) -> dict:
+    import torch
+
+    from bbcodec import api
+    from bbcodec.datasets import binarize, load_images
+
+    out = {}
+    mnist = load_images(DATA / "mnist" / "t10k-images-idx3-ubyte.gz")
+    cases = {"mnist_binary": binarize(mnist), "cifar10_test_first1000": DATA / "cifar10" / "test_batch_first1000.bin.gz"}
+    for name, src in cases.items():
+        if isinstance(src, torch.Tensor):
+            tmp = Path(tempfile.mkdtemp())
+            import numpy as np
+            np.save(tmp / "x.npy", src.numpy())
+            src = tmp / "x.npy"
+        runs = [api.evaluate(src) for _ in range(repeats)]
+        out[name] = {"bits_per_dim": runs[0]["code_length_bits_per_dim"],
+                     "negative_elbo_bits_per_dim": runs[0]["negative_elbo_bits_per_dim"],
+                     "encode_images_per_s": statistics.median(r["encode_images_per_s"] for r in runs),
+                     "decode_images_per_s": statistics.median(r["decode_images_per_s"] for r in runs),
+                     "images": runs[0]["images"]}
+    return out
+
+
+def kodak_vs_jxl(tmp: Path, repeats: int, threads: int) -> dict:
+    src = DATA / "kodak" / "kodim23.png"
+    bbc, out = tmp / "k.bbc", tmp / "k.png"
+    t = ["--threads", threads]
+    comp = wall(cli(*t, "compress", "-f", src, "-o", bbc), repeats)
+    decomp = wall(cli(*t, "decompress", "-f", bbc, "-o", out), repeats)
+    from PIL import Image
+    import numpy as np
+    assert np.array_equal(np.asarray(Image.open(src)), np.asarray(Image.open(out)))
+    row = {"bbcodec_compress_s": comp, "bbcodec_decompress_s": decomp, "bbcodec_bytes": bbc.stat().st_size}
+    if shutil.which("cjxl"):
+        row["cjxl_e7_compress_s"] = wall(["cjxl", "-q", "100", "-e", "7", src, tmp / "k.jxl"], repeats)
+        row["djxl_s"] = wall(["djxl", tmp / "k.jxl", tmp / "k2.png"], repeats)
+        row["cjxl_bytes"] = (tmp / "k.jxl").stat().st_size
+    return row
+
+
+def under_load(tmp: Path, threads) -> dict:
+    raw = tmp / "mnist2k"
+    data = gzip.decompress((DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    import struct
+    raw.write_bytes(struct.pack(">BBBB3I", 0, 0, 8, 3, 2000, 28, 28) + data[16: 16 + 2000 * 784])
+    t = [] if threads is None else ["--threads", threads]
+
+    def trip(i):
+        return (f"{' '.join(cli(*t, 'compress', '-f', raw, '-o', tmp / f'{i}.bbc'))} && "
+                f"{' '.join(cli(*t, 'decompress', '-f', tmp / f'{i}.bbc', '-o', tmp / f'{i}.out'))}")
+
+    start = time.perf_counter()
+    subprocess.run(["sh", "-c", trip(0)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["sh", "-c", trip(i)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (1, 2)]
+    ends = []
+    for p in procs:
+        p.wait()
+        ends.append(time.perf_counter() - start)
+    return {"threads": threads or "default", "alone_s": alone, "pair_s": ends, "slowdown": max(ends) / alone}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="bbcodec --threads for the timed CLI runs")
+    ap.add_argument("--only", nargs="*", default=["mnist", "rates", "kodak", "load"])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"data not found under {DATA}")
+    os.environ.setdefault("BBCODEC_THREADS", str(args.threads))
+    results = {"repeats": args.repeats, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "mnist" in args.only:
+            results["mnist_uint8_vs_xz"] = mnist_vs_xz(tmp, args.repeats, args.threads)
+            print("MNIST 8-bit vs xz:", results["mnist_uint8_vs_xz"], flush=True)
+        if "rates" in args.only:
+            results.update(api_rates(args.repeats))
+            print("rates:", {k: results[k] for k in ("mnist_binary", "cifar10_test_first1000")}, flush=True)
+        if "kodak" in args.only:
+            results["kodim23"] = kodak_vs_jxl(tmp, args.repeats, args.threads)
+            print("kodim23:", results["kodim23"], flush=True)
+        if "load" in args.only:
+            os.environ.pop("BBCODEC_THREADS", None)
+            results["under_load"] = under_load(tmp, None)
+            print("under load:", results["under_load"], flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
