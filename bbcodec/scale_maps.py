@@ -68,11 +68,12 @@ def choose_scale_maps(likelihood, samples: list[dict], groups: int) -> tuple[tup
             continue
         sym = torch.cat([f[0] for f in found])
         raw = torch.cat([f[1] for f in found]).to(torch.float64)
+        log_prob = likelihood.log_prob_by_map(sym, raw)
         costs: dict[tuple[int, int], float] = {}
 
         def cost(shift: int, slope: int) -> float:
             if (shift, slope) not in costs:
-                costs[shift, slope] = -float(likelihood.log_prob(sym, raw, scale_map(shift, slope)).sum())
+                costs[shift, slope] = -float(log_prob(scale_map(shift, slope)).sum())
             return costs[shift, slope]
 
         shift = min(range(s_lo, s_hi + 1, 4), key=lambda v: (cost(v, 0), abs(v)))

@@ -62,6 +62,11 @@ class Likelihood:
     def entropy_model(self, raw: torch.Tensor, precision: int, scale_map: ScaleMap | None = None) -> em.EntropyModel:
         raise NotImplementedError
 
+    def log_prob_by_map(self, x: torch.Tensor, raw: torch.Tensor):
+        """:meth:`log_prob` as a function of the scale map (subclasses precompute what it does
+        not change)."""
+        return lambda scale_map=None: self.log_prob(x, raw, scale_map)
+
 
 class LogisticMixtureLikelihood(Likelihood):
     """``components`` discretised logistics over 0..255, plus (``end_masses``) point masses at 0
@@ -85,15 +90,30 @@ class LogisticMixtureLikelihood(Likelihood):
         return logits, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
 
     def log_prob(self, x, raw, scale_map=None):
-        logits, means, log_scales = self._split(raw, scale_map)
-        log_w = F.log_softmax(logits, -1)
-        parts = log_w[..., : self.components] + _logistic_bin_logp(x.unsqueeze(-1), means, log_scales, self.n)
+        return self.log_prob_by_map(x, raw)(scale_map)
+
+    def log_prob_by_map(self, x, raw):
+        """:meth:`log_prob` as a function of the scale map, with what the map does not change
+        (the mixture's log-weights, the end masses) computed once: for trying many maps."""
+        k, m = self.components, self.nlogits
+        log_w = F.log_softmax(raw[..., :m], -1)
+        means = 127.5 * (raw[..., m: m + k] + 1.0)
+        base = raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET
+        ends = None
         if self.end_masses:
             never = torch.full_like(log_w[..., 0], -1e4)
-            low = torch.where(x == 0, log_w[..., -2], never)
-            high = torch.where(x == self.n - 1, log_w[..., -1], never)
-            parts = torch.cat([parts, low.unsqueeze(-1), high.unsqueeze(-1)], -1)
-        return torch.logsumexp(parts, -1)
+            ends = torch.stack([torch.where(x == 0, log_w[..., -2], never),
+                                torch.where(x == self.n - 1, log_w[..., -1], never)], -1)
+        xs = x.unsqueeze(-1)
+
+        def at(scale_map=None):
+            log_scales = base if scale_map is None else base * scale_map.slope + scale_map.shift
+            parts = log_w[..., :k] + _logistic_bin_logp(xs, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX), self.n)
+            if ends is not None:
+                parts = torch.cat([parts, ends], -1)
+            return torch.logsumexp(parts, -1)
+
+        return at
 
     def entropy_model(self, raw, precision, scale_map=None):
         logits, means, log_scales = self._split(raw.to(torch.float64), scale_map)
