@@ -381,10 +381,13 @@ class Categorical(EntropyModel):
             if not t.is_floating_point():
                 t = t.to(torch.float64)
             if t.dtype in (torch.float32, torch.float64) and kernels.enabled(t) and t.numel():
-                cum_q, error = kernels.quantised_prefix_sums(t)  # one compiled pass, same integers
+                # checked now; the prefix sums are made only if the torch path asks for them (the
+                # compiled coding loops read the probabilities directly)
+                error = kernels.check_probs(t)
                 if error:
                     raise ModelError(error)
-                self._init_from_prefix_sums(cum_q, precision)
+                self.n, self.precision, self.shape = n, precision, tuple(t.shape[:-1])
+                self._probs, self._params = t, (("_probs", 1),)
                 return
             lo, hi = torch.aminmax(t, dim=-1) if n > 1 else (t[..., 0], t[..., 0])
             if bool(torch.isnan(hi).any()) or bool(torch.isnan(lo).any()):
@@ -402,6 +405,21 @@ class Categorical(EntropyModel):
                 raise ModelError("logits must not be +inf")
         w = detmath.exp_nonpositive(lg - lg.amax(dim=-1, keepdim=True))
         self._init_from_weights(torch.floor(w * float(1 << _CAT_BITS)).to(torch.int32), precision)
+
+    def __getattr__(self, name):
+        # models made from probabilities on the CPU build their prefix sums on first use
+        if name in ("_cum_q", "_total") and "_probs" in self.__dict__:
+            cum_q, _ = kernels.quantised_prefix_sums(self.__dict__["_probs"])
+            self.__dict__["_cum_q"], self.__dict__["_total"] = cum_q, cum_q[..., -1:].to(torch.int64)
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _map(self, fn):
+        out = super()._map(fn)
+        if "_probs" in out.__dict__:  # the copy's prefix sums, if needed, come from its own rows
+            out.__dict__.pop("_cum_q", None)
+            out.__dict__.pop("_total", None)
+        return out
 
     _ROWS_PER_BLOCK = 2048  # keeps a block's temporaries in cache
 

@@ -173,6 +173,57 @@ if numba is not None:
                     out[r, c] = c + 1
         return 0
 
+    @_jit
+    def _check_probs(rows):
+        """The checks of ``_quantised_prefix_sums`` alone: 0, 1 (NaN), 2 (negative), 3 (infinite)."""
+        for r in range(rows.shape[0]):
+            hi = rows[r, 0]
+            lo = rows[r, 0]
+            for c in range(rows.shape[1]):
+                v = rows[r, c]
+                if v != v:
+                    return 1
+                hi = max(hi, v)
+                lo = min(lo, v)
+            if lo < 0:
+                return 2
+            if np.isinf(hi):
+                return 3
+        return 0
+
+    @_jit
+    def _row_scale(probs, lane, scale):
+        """Sets ``scale[0]`` to ``2**22 / max`` of the row (in the row's dtype); False for an
+        all-zero row (uniform)."""
+        hi = probs[lane, 0]
+        for c in range(1, probs.shape[1]):
+            hi = max(hi, probs[lane, c])
+        if hi > 0:
+            scale[0] = 4194304.0 / np.float64(hi)
+            return True
+        return False
+
+    @_jit
+    def _row_prefix(probs, lane, scale, quantised, i):
+        """``Q_i`` of the row as the int32 prefix sums hold it (wrapping as they would)."""
+        if not quantised:
+            return np.int64(min(i, probs.shape[1]))
+        q = np.int64(0)
+        for c in range(min(i, probs.shape[1])):
+            q += np.int64(np.int32(probs[lane, c] * scale[0]))
+        return np.int64(np.int32(q))
+
+    def _probs_cdf(i, lane, p):
+        """``Categorical._cum`` straight from the probabilities (no prefix-sum table). ``p``:
+        (n, precision, probabilities, a one-element scale buffer of their dtype, padding)."""
+        n, precision, probs, scale, _ = p
+        if i <= 0:
+            return np.int64(0)
+        quantised = _row_scale(probs, lane, scale)
+        q_i = _row_prefix(probs, lane, scale, quantised, i)
+        q_n = _row_prefix(probs, lane, scale, quantised, n)
+        return (q_i * ((np.int64(1) << precision) - n)) // q_n + i
+
     def _cdf(i, lane, p):
         """``C(i)`` of lane ``lane`` for the model whose parameters ``p`` are (compiled only)."""
         raise NotImplementedError
@@ -181,8 +232,59 @@ if numba is not None:
     def _cdf_for(i, lane, p):
         # the parameter tuple's type says which model it is (chosen while compiling, and cached:
         # functions passed as arguments would not cache)
-        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 8: _mixture_cdf,
+        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 5: _probs_cdf, 8: _mixture_cdf,
                 11: _gaussian_cdf}.get(len(p.types))
+
+    def _interval_one(p, q, s):
+        """``(C(s), C(s + 1) - C(s))`` of lane ``q`` (compiled only)."""
+        raise NotImplementedError
+
+    def _interval_by_cdf(p, q, s):
+        lo = _cdf(s, q, p)
+        return lo, _cdf(s + 1, q, p) - lo
+
+    def _interval_from_probs(p, q, s):
+        # one pass for the row's maximum, one for Q_s, Q_{s+1} and Q_n together
+        n, precision, probs, scale, _ = p
+        quantised = _row_scale(probs, q, scale)
+        acc, q_s, q_next = np.int64(0), np.int64(0), np.int64(0)
+        for c in range(n):
+            if c == s:
+                q_s = acc
+            acc += np.int64(np.int32(probs[q, c] * scale[0])) if quantised else 1
+            if c == s:
+                q_next = acc
+        q_n = np.int64(np.int32(acc))
+        spread = (np.int64(1) << precision) - n
+        lo = (np.int64(np.int32(q_s)) * spread) // q_n + s
+        hi = (np.int64(np.int32(q_next)) * spread) // q_n + s + 1
+        return lo, hi - lo
+
+    @numba.extending.overload(_interval_one, jit_options={"fastmath": False})
+    def _interval_one_for(p, q, s):
+        return _interval_from_probs if len(p.types) == 5 else _interval_by_cdf
+
+    def _lookup_one(p, j, slot):
+        """``(i, C(i), C(i + 1) - C(i))`` for the largest ``i`` with ``C(i) <= slot`` in lane ``j``
+        (compiled only; ``C`` is strictly increasing, so ``i`` is unique)."""
+        raise NotImplementedError
+
+    def _scan_probs(p, j, slot):
+        # the prefix sums one by one from the probabilities, up to the first edge above the slot
+        n, precision, probs, scale, _ = p
+        quantised = _row_scale(probs, j, scale)
+        q_n = _row_prefix(probs, j, scale, quantised, n)
+        spread = (np.int64(1) << precision) - n
+        acc, before = np.int64(0), np.int64(0)
+        for i in range(1, n + 1):
+            acc += np.int64(np.int32(probs[j, i - 1] * scale[0])) if quantised else 1
+            q = np.int64(np.int32(acc))
+            # C(i) > slot, i.e. floor(Q_i * spread / Q_n) >= slot - i + 1, without a division
+            if q * spread >= (slot - i + 1) * q_n:
+                c_lo = (before * spread) // q_n + i - 1
+                return i - 1, c_lo, (q * spread) // q_n + i - c_lo
+            before = q
+        return n - 1, np.int64(0), np.int64(0)  # not reached: C(n) = 2**precision > slot
 
     @_jit
     def _interval(p, symbols):
@@ -194,11 +296,9 @@ if numba is not None:
             freq[j] = _cdf(symbols[j] + 1, j, p) - lo
         return start, freq
 
-    @_jit
-    def _lookup_one(p, j, slot):
-        """The largest ``i`` with ``C(i) <= slot`` in lane ``j`` (``C`` is strictly increasing, so it
-        is unique) with ``(C(i), C(i + 1) - C(i))``: the end symbols (often most of the mass) are
-        probed first, then the rest bisected."""
+    def _bisect(p, j, slot):
+        """:func:`_lookup_one` by probing the end symbols (often most of the mass), then
+        bisecting."""
         n, precision = p[0], p[1]
         lo, hi = 0, n
         c_lo, c_hi = np.int64(0), np.int64(1) << precision
@@ -223,6 +323,10 @@ if numba is not None:
                 hi, c_hi = mid, c
         return lo, c_lo, c_hi - c_lo
 
+    @numba.extending.overload(_lookup_one, jit_options={"fastmath": False})
+    def _lookup_one_for(p, j, slot):
+        return _scan_probs if len(p.types) == 5 else _bisect
+
     @_jit
     def _lookup(p, slots):
         sym = np.empty(slots.shape[0], dtype=np.int64)
@@ -243,8 +347,7 @@ if numba is not None:
         for r in range(symbols.shape[0] // count - 1, -1, -1):
             for j in range(count):
                 q = r * count + j
-                start = _cdf(symbols[q], q, p)
-                freq = _cdf(symbols[q] + 1, q, p) - start
+                start, freq = _interval_one(p, q, symbols[q])
                 h = heads[lanes[j]]
                 quot = h // freq
                 if quot >= emit_at:
@@ -322,6 +425,10 @@ def _bernoulli_params(model) -> tuple:
 
 
 def _categorical_params(model) -> tuple:
+    probs = model.__dict__.get("_probs")
+    if probs is not None and "_cum_q" not in model.__dict__:  # straight from the probabilities
+        rows = _array(probs.reshape(-1, probs.shape[-1]), probs.dtype)
+        return (int(model.n), int(model.precision), rows, np.zeros(1, dtype=rows.dtype), 0)
     cum_q = model._cum_q
     return (int(model.n), int(model.precision), _array(cum_q.reshape(-1, cum_q.shape[-1]), torch.int32), 0)
 
@@ -416,3 +523,9 @@ def quantised_prefix_sums(probs: torch.Tensor):
     if status:
         return None, _PROBS_ERRORS[status]
     return torch.from_numpy(out).reshape(probs.shape), None
+
+
+def check_probs(probs: torch.Tensor):
+    """The error message for invalid categorical probabilities (float32 or float64), or None."""
+    status = _check_probs(_array(probs.reshape(-1, probs.shape[-1]), probs.dtype))
+    return _PROBS_ERRORS.get(status)
