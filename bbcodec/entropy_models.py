@@ -501,7 +501,25 @@ class DiscretizedLogistic(CDFModel):
 
 
 
-class LogisticMixture(CDFModel):
+class _CompiledOnCPU:
+    """For CDF models with compiled kernels: on the CPU, :meth:`interval` and :meth:`lookup` run
+    in :mod:`bbcodec.kernels` (the same integers, one loop); ``_anchor`` names the parameter
+    tensor whose device decides."""
+
+    _anchor = ""
+
+    def interval(self, symbols):
+        if kernels.enabled(symbols, getattr(self, self._anchor)):
+            return kernels.interval(self, symbols)
+        return super().interval(symbols)
+
+    def lookup(self, slot):
+        if kernels.enabled(slot, getattr(self, self._anchor)):
+            return kernels.lookup(self, slot)
+        return super().lookup(slot)
+
+
+class LogisticMixture(_CompiledOnCPU, CDFModel):
     """Mixture of discretised logistics over ``0..n-1`` (last axis = components), optionally with
     point masses on the two end symbols.
 
@@ -513,6 +531,7 @@ class LogisticMixture(CDFModel):
     """
 
     _params = (("slopes", 1), ("intercepts", 1), ("weights", 1), ("low_mass", 0))
+    _anchor = "slopes"
 
     def __init__(self, means, scales, weights=None, logits=None, n: int = 256, precision: int = 24,
                  end_masses: bool = False):
@@ -584,16 +603,6 @@ class LogisticMixture(CDFModel):
     def _low_units(self):
         return torch.floor(self.low_mass * float(1 << self._F_BITS)).to(torch.int64)
 
-    # On the CPU, compiled kernels (bbcodec.kernels) compute the same integers in one loop.
-    def interval(self, symbols):
-        if kernels.enabled(symbols, self.slopes):
-            return kernels.interval(self, symbols)
-        return super().interval(symbols)
-
-    def lookup(self, slot):
-        if kernels.enabled(slot, self.slopes):
-            return kernels.lookup(self, slot)
-        return super().lookup(slot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,7 +628,7 @@ class BetaBinomial(Categorical):
 
 
 # ---------------------------------------------------------------------------------------------
-class GaussianOnBins(CDFModel):
+class GaussianOnBins(_CompiledOnCPU, CDFModel):
     """A Gaussian ``N(mean, scale**2)`` discretised onto ``2**bits`` bins of a standard-normal
     prior's max-entropy grid, transformed by ``prior_mean + prior_scale * u`` (``u`` the standard
     edges). With ``prior_mean=0, prior_scale=1`` the bins are BB-ANS's fixed equal-mass bins of
@@ -628,6 +637,7 @@ class GaussianOnBins(CDFModel):
     """
 
     _params = (("mean", 0), ("inv_scale", 0), ("prior_mean", 0), ("prior_scale", 0))
+    _anchor = "mean"
 
     def __init__(self, mean, scale, bits: int, prior_mean=0.0, prior_scale=1.0, precision: int = 24):
         n = 1 << bits
@@ -645,16 +655,6 @@ class GaussianOnBins(CDFModel):
     def edge_cdf(self, i):
         u = self._edges[i - 1]
         return detmath.normal_cdf((self.prior_mean + self.prior_scale * u - self.mean) * self.inv_scale)
-
-    def interval(self, symbols):
-        if kernels.enabled(symbols, self.mean):
-            return kernels.interval(self, symbols)
-        return super().interval(symbols)
-
-    def lookup(self, slot):
-        if kernels.enabled(slot, self.mean):
-            return kernels.lookup(self, slot)
-        return super().lookup(slot)
 
 
 

@@ -143,52 +143,48 @@ if numba is not None:
         return (q * ((np.int64(1) << precision) - n)) // np.int64(cum_q[lane, n - 1]) + i
 
     @_jit
-    def _quantised_prefix_sums(rows, scale, out):
-        """``Categorical._quantised_prefix_sums`` in one pass per row, with its checks: returns 0,
-        or 1 (NaN), 2 (a negative probability), 3 (an infinite one). ``scale``: a one-element
-        array of the rows' dtype, so that the scale and products round as the reference's (in
-        float32 for float32 rows)."""
-        count, n = rows.shape
-        for r in range(count):
-            hi = rows[r, 0]
-            lo = rows[r, 0]
-            for c in range(n):
-                v = rows[r, c]
-                if v != v:
-                    return 1
-                hi = max(hi, v)
-                lo = min(lo, v)
-            if lo < 0:
-                return 2
-            if np.isinf(hi):
-                return 3
-            if hi > 0:
-                scale[0] = 4194304.0 / np.float64(hi)  # 2**22 / max in float64, stored in the rows' dtype
-                total = np.int32(0)
-                for c in range(n):
-                    total += np.int32(rows[r, c] * scale[0])
-                    out[r, c] = total
-            else:
-                for c in range(n):
-                    out[r, c] = c + 1
+    def _row_check(rows, r):
+        """0 for a valid row of probabilities, else 1 (NaN), 2 (negative) or 3 (infinite)."""
+        hi = rows[r, 0]
+        lo = rows[r, 0]
+        for c in range(rows.shape[1]):
+            v = rows[r, c]
+            if v != v:
+                return 1
+            hi = max(hi, v)
+            lo = min(lo, v)
+        if lo < 0:
+            return 2
+        if np.isinf(hi):
+            return 3
         return 0
 
     @_jit
     def _check_probs(rows):
-        """The checks of ``_quantised_prefix_sums`` alone: 0, 1 (NaN), 2 (negative), 3 (infinite)."""
+        """The first :func:`_row_check` status that is not 0, or 0."""
         for r in range(rows.shape[0]):
-            hi = rows[r, 0]
-            lo = rows[r, 0]
-            for c in range(rows.shape[1]):
-                v = rows[r, c]
-                if v != v:
-                    return 1
-                hi = max(hi, v)
-                lo = min(lo, v)
-            if lo < 0:
-                return 2
-            if np.isinf(hi):
-                return 3
+            status = _row_check(rows, r)
+            if status:
+                return status
+        return 0
+
+    @_jit
+    def _quantised_prefix_sums(rows, scale, out):
+        """``Categorical._quantised_prefix_sums`` row by row, with its checks (returns a
+        :func:`_row_check` status). ``scale``: a one-element array of the rows' dtype, so that the
+        scale and products round as the reference's (in float32 for float32 rows)."""
+        for r in range(rows.shape[0]):
+            status = _row_check(rows, r)
+            if status:
+                return status
+            if _row_scale(rows, r, scale):
+                total = np.int32(0)
+                for c in range(rows.shape[1]):
+                    total += np.int32(rows[r, c] * scale[0])
+                    out[r, c] = total
+            else:
+                for c in range(rows.shape[1]):
+                    out[r, c] = c + 1
         return 0
 
     @_jit
