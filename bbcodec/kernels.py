@@ -256,9 +256,29 @@ if numba is not None:
         hi = (np.int64(np.int32(q_next)) * spread) // q_n + s + 1
         return lo, hi - lo
 
+    @_jit
+    def _packed_cut(p0, q, j, k, size):
+        """``PackedBernoulli._split``: the part of ``size`` that bit ``j`` being 0 gets."""
+        reserve = np.int64(1) << (k - 1 - j)
+        cut = np.int64(np.floor(np.float64(size) * p0[q, j]))
+        return min(max(cut, reserve), size - reserve)
+
+    def _packed_interval(p, q, s):
+        # ``PackedBernoulli.interval``: the range split bit by bit. ``p``: (n, precision, the
+        # probabilities of 0 per bit, k, padding, padding)
+        n, precision, p0, k, _, _ = p
+        lo, size = np.int64(0), np.int64(1) << precision
+        for j in range(k):
+            cut = _packed_cut(p0, q, j, k, size)
+            if (s >> (k - 1 - j)) & 1:
+                lo, size = lo + cut, size - cut
+            else:
+                size = cut
+        return lo, size
+
     @numba.extending.overload(_interval_one, jit_options={"fastmath": False})
     def _interval_one_for(p, q, s):
-        return _interval_from_probs if len(p.types) == 5 else _interval_by_cdf
+        return {5: _interval_from_probs, 6: _packed_interval}.get(len(p.types), _interval_by_cdf)
 
     def _lookup_one(p, j, slot):
         """``(i, C(i), C(i + 1) - C(i))`` for the largest ``i`` with ``C(i) <= slot`` in lane ``j``
@@ -319,9 +339,20 @@ if numba is not None:
                 hi, c_hi = mid, c
         return lo, c_lo, c_hi - c_lo
 
+    def _packed_lookup(p, j, slot):
+        n, precision, p0, k, _, _ = p
+        lo, size, sym = np.int64(0), np.int64(1) << precision, np.int64(0)
+        for b in range(k):
+            cut = _packed_cut(p0, j, b, k, size)
+            if slot >= lo + cut:
+                sym, lo, size = (sym << 1) | 1, lo + cut, size - cut
+            else:
+                sym, size = sym << 1, cut
+        return sym, lo, size
+
     @numba.extending.overload(_lookup_one, jit_options={"fastmath": False})
     def _lookup_one_for(p, j, slot):
-        return _scan_probs if len(p.types) == 5 else _bisect
+        return {5: _scan_probs, 6: _packed_lookup}.get(len(p.types), _bisect)
 
     @_jit
     def _lookup(p, slots):
@@ -429,7 +460,11 @@ def _categorical_params(model) -> tuple:
     return (int(model.n), int(model.precision), _array(cum_q.reshape(-1, cum_q.shape[-1]), torch.int32), 0)
 
 
-_PARAMS = {"LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params, "Uniform": _uniform_params,
+def _packed_params(model) -> tuple:
+    return (int(model.n), int(model.precision), _array(model._p0.reshape(-1, model.k), torch.float64), int(model.k), 0, 0)
+
+
+_PARAMS = {"PackedBernoulli": _packed_params, "LogisticMixture": _mixture_params, "GaussianOnBins": _gaussian_params, "Uniform": _uniform_params,
            "Bernoulli": _bernoulli_params, "Categorical": _categorical_params, "BetaBinomial": _categorical_params}
 
 

@@ -118,7 +118,8 @@ def _message_state(msg):
     return msg.heads.clone(), msg.stream.clone(), msg.initial_words
 
 
-@pytest.mark.parametrize("kind", ["mixture", "gaussian", "uniform", "bernoulli", "categorical", "betabinomial"])
+@pytest.mark.parametrize("kind", ["mixture", "gaussian", "uniform", "bernoulli", "categorical", "betabinomial",
+                                  "packed"])
 @pytest.mark.parametrize("lanes", ["all", "slice", "index"])
 def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
     """EntropyCodec push and pop through the compiled round loops leave the message exactly as the
@@ -139,6 +140,8 @@ def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
                                   torch.rand(shape, generator=g, dtype=torch.float64) + 0.05, 8)
     elif kind == "bernoulli":
         model = em.Bernoulli(torch.rand(shape, generator=g) ** 3)
+    elif kind == "packed":
+        model = em.PackedBernoulli(torch.rand(*shape, 14, generator=g, dtype=torch.float64) ** 4)
     elif kind == "categorical":
         model = em.Categorical(torch.rand(*shape, 300, generator=g) ** 4)
     elif kind == "betabinomial":
