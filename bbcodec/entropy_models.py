@@ -409,7 +409,7 @@ class Categorical(EntropyModel):
     def __getattr__(self, name):
         # models made from probabilities on the CPU build their prefix sums on first use
         if name in ("_cum_q", "_total") and "_probs" in self.__dict__:
-            cum_q, _ = kernels.quantised_prefix_sums(self.__dict__["_probs"])
+            cum_q = kernels.quantised_prefix_sums(self.__dict__["_probs"])
             self.__dict__["_cum_q"], self.__dict__["_total"] = cum_q, cum_q[..., -1:].to(torch.int64)
             return self.__dict__[name]
         raise AttributeError(name)

@@ -195,12 +195,7 @@ def _conv2d_units(u, w, b, kernel, stride, dilation, pads, pad_mode, groups):
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     fan_in, out = w.shape
     if u.device.type == "cpu":  # direct sums on the CPU: exact, see fixedpoint.conv2d_units
-        shape = (out, fan_in // (kh * kw), kh, kw)
-        if groups == 1:
-            y = conv2d_units(u, w, b, shape, (sh, sw), (0, 0), (dh, dw))
-        else:
-            y = F.conv2d(u, w.t().reshape(shape), b, stride=(sh, sw), dilation=(dh, dw), groups=groups)
-        y = _finish(y)
+        y = _finish(conv2d_units(u, w, b, (out, fan_in // (kh * kw), kh, kw), (sh, sw), (0, 0), (dh, dw), groups))
         return y[0] if unbatched else y
     oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (wd - dw * (kw - 1) - 1) // sw + 1
     cols = F.unfold(u, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (N, C*kh*kw, L)

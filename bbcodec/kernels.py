@@ -1,10 +1,12 @@
 """Compiled CPU kernels for the entropy models' hot loops (numba), bit-identical to torch.
 
-The torch implementations in :mod:`bbcodec.entropy_models` are the reference: they run on every
-device and define the integers a file's code depends on. For CPU tensors, the per-symbol work of
-the costliest models (a logistic mixture's quantised CDF at two points per encoded symbol, and a
-search of it per decoded symbol) runs here instead, as one compiled loop over the lanes rather
-than a dozen torch calls per bisection round.
+The torch implementations in :mod:`bbcodec.entropy_models` and :mod:`bbcodec.ans` are the
+reference: they run on every device and define the integers a file's code depends on. For CPU
+tensors the per-symbol work runs here instead, as compiled loops over the lanes rather than a dozen
+torch calls per symbol or bisection round: the logistic mixture's constructor, the quantised CDFs
+and their searches (mixture, Gaussian on bins, uniform, Bernoulli, packed Bernoulli, categorical),
+and whole runs of rANS pushes and pops (:func:`push_rounds`, :func:`pop_rounds`: every round of an
+``EntropyCodec`` in one loop, words emitted and read in the reference's order).
 
 Why the results are identical, not just close: every kernel issues the reference's IEEE-754
 float64 operations (multiply, add, subtract, floor, comparisons) on the same operands in the same
@@ -31,10 +33,13 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
 
+def _on() -> bool:
+    return numba is not None and os.environ.get("BBCODEC_KERNELS", "") != "torch"
+
+
 def enabled(*tensors: torch.Tensor) -> bool:
     """Whether the kernels serve these tensors: numba present, not disabled, all on the CPU."""
-    return (numba is not None and os.environ.get("BBCODEC_KERNELS", "") != "torch"
-            and all(t.device.type == "cpu" for t in tensors))
+    return _on() and all(t.device.type == "cpu" for t in tensors)
 
 
 def _array(t: torch.Tensor, dtype) -> np.ndarray:
@@ -143,40 +148,30 @@ if numba is not None:
         return (q * ((np.int64(1) << precision) - n)) // np.int64(cum_q[lane, n - 1]) + i
 
     @_jit
-    def _row_check(rows, r):
-        """0 for a valid row of probabilities, else 1 (NaN), 2 (negative) or 3 (infinite)."""
-        hi = rows[r, 0]
-        lo = rows[r, 0]
-        for c in range(rows.shape[1]):
-            v = rows[r, c]
-            if v != v:
-                return 1
-            hi = max(hi, v)
-            lo = min(lo, v)
-        if lo < 0:
-            return 2
-        if np.isinf(hi):
-            return 3
-        return 0
-
-    @_jit
     def _check_probs(rows):
-        """The first :func:`_row_check` status that is not 0, or 0."""
+        """0 for valid rows of probabilities, else 1 (NaN), 2 (negative) or 3 (infinite), as
+        ``Categorical`` checks them."""
         for r in range(rows.shape[0]):
-            status = _row_check(rows, r)
-            if status:
-                return status
+            hi = rows[r, 0]
+            lo = rows[r, 0]
+            for c in range(rows.shape[1]):
+                v = rows[r, c]
+                if v != v:
+                    return 1
+                hi = max(hi, v)
+                lo = min(lo, v)
+            if lo < 0:
+                return 2
+            if np.isinf(hi):
+                return 3
         return 0
 
     @_jit
     def _quantised_prefix_sums(rows, scale, out):
-        """``Categorical._quantised_prefix_sums`` row by row, with its checks (returns a
-        :func:`_row_check` status). ``scale``: a one-element array of the rows' dtype, so that the
-        scale and products round as the reference's (in float32 for float32 rows)."""
+        """``Categorical._quantised_prefix_sums`` row by row, for rows already checked.
+        ``scale``: a one-element array of the rows' dtype, so that the scale and products round
+        as the reference's (in float32 for float32 rows)."""
         for r in range(rows.shape[0]):
-            status = _row_check(rows, r)
-            if status:
-                return status
             if _row_scale(rows, r, scale):
                 total = np.int32(0)
                 for c in range(rows.shape[1]):
@@ -185,7 +180,6 @@ if numba is not None:
             else:
                 for c in range(rows.shape[1]):
                     out[r, c] = c + 1
-        return 0
 
     @_jit
     def _row_scale(probs, lane, scale):
@@ -470,8 +464,8 @@ _PARAMS = {"PackedBernoulli": _packed_params, "LogisticMixture": _mixture_params
 
 def codes_rounds(model, message) -> bool:
     """Whether :func:`push_rounds` and :func:`pop_rounds` serve this model and message."""
-    return (numba is not None and os.environ.get("BBCODEC_KERNELS", "") != "torch" and message.device.type == "cpu"
-            and type(model).__name__ in _PARAMS and math.prod(message.lane_shape) > 0)
+    return (_on() and message.device.type == "cpu" and type(model).__name__ in _PARAMS
+            and math.prod(message.lane_shape) > 0)
 
 
 def _lanes(message):
@@ -544,16 +538,13 @@ def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tenso
 _PROBS_ERRORS = {1: "probs contains NaN", 2: "probs must be non-negative", 3: "probs must be finite"}
 
 
-def quantised_prefix_sums(probs: torch.Tensor):
-    """``Categorical``'s int32 prefix sums of float32 or float64 ``probs`` ``(*batch, n)``, or an
-    error message for invalid probabilities."""
+def quantised_prefix_sums(probs: torch.Tensor) -> torch.Tensor:
+    """``Categorical``'s int32 prefix sums of checked float32 or float64 ``probs`` ``(*batch, n)``."""
     n = probs.shape[-1]
     rows = _array(probs.reshape(-1, n), probs.dtype)
     out = np.empty(rows.shape, dtype=np.int32)
-    status = _quantised_prefix_sums(rows, np.zeros(1, dtype=rows.dtype), out)
-    if status:
-        return None, _PROBS_ERRORS[status]
-    return torch.from_numpy(out).reshape(probs.shape), None
+    _quantised_prefix_sums(rows, np.zeros(1, dtype=rows.dtype), out)
+    return torch.from_numpy(out).reshape(probs.shape)
 
 
 def check_probs(probs: torch.Tensor):

@@ -124,9 +124,11 @@ class ExactNumerics(Numerics):
         return x * (1.0 / (1 << ACT_BITS))
 
 
-def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:
+def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1),
+                 groups: int = 1) -> torch.Tensor:
     """2-d convolution of activations ``x`` ``(N, C, H, W)`` (float64, in units) with real weights
-    ``w`` ``(C*kh*kw, out)`` (im2col order) and a bias in units (or None), before rounding.
+    ``w`` ``(C/groups*kh*kw, out)`` (im2col order) and a bias in units (or None), before rounding;
+    ``groups > 1`` on the CPU only.
 
     Exact either way (see the module docstring), so the two paths give identical results. On the
     CPU, torch's float64 convolution, which is a direct im2col and matrix product there (the
@@ -134,9 +136,12 @@ def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padd
     as fast as the explicit path; on other devices, where a library may pick Winograd or FFT
     transforms, an explicit im2col (``F.unfold``) and one matrix product."""
     if x.device.type == "cpu":
-        if tuple(stride) == (1, 1):
+        if tuple(stride) == (1, 1) and groups == 1:
             return _conv2d_taps(x, w, b, weight_shape, padding, dilation)
-        return F.conv2d(x, w.t().reshape(weight_shape), b, stride=stride, padding=padding, dilation=dilation)
+        return F.conv2d(x, w.t().reshape(weight_shape), b, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups)
+    if groups != 1:
+        raise ValueError("grouped convolutions off the CPU: use an explicit per-group product")
     return conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation)
 
 
