@@ -71,6 +71,10 @@ OPTIONS = (
     Option("adapt", bool, (), False, False,
            "tiled models: choose scale_shifts and scale_slopes for the data when encoding",
            cli="tiled models: fit each pixel step's scales to the data, stored in the file (default: the model's)"),
+    Option("lead_tiles", tuple, (), None, True,
+           "tiled models: per pyramid level, the tile sizes of its first rows of tiles (empty: one row of "
+           "patch-sized tiles on the first level; the encoder's default, None, chooses them with "
+           ":func:`bbcodec.plan.lead_tiles`)", old_default=()),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -32,7 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from .coding_params import STORED_KEYS
+from .coding_params import OLD_FILE_DEFAULTS, STORED_KEYS
 from .errors import BBCodecError
 from .varint import decode_varint, encode_varint
 
@@ -197,6 +197,16 @@ def check_header(head, version: int, body_bytes: int) -> dict:
     return {**head, "r": restore, "c": coding}
 
 
+def _means_absent(key: str, value) -> bool:
+    """Whether a stored coding value says what its absence does (None, or its old-file default)."""
+    if value is None:
+        return True
+    if key not in OLD_FILE_DEFAULTS:
+        return False
+    default = OLD_FILE_DEFAULTS[key]
+    return list(value) == list(default) if isinstance(default, tuple) else value == default and type(value) is type(default)
+
+
 @dataclass
 class Container:
     model_name: str
@@ -234,6 +244,8 @@ class Container:
                 head["s"] = self.shape
             return head
         coding = [self.coding.get(k) for k in CODING_KEYS]  # positional: compact
+        while coding and _means_absent(CODING_KEYS[len(coding) - 1], coding[-1]):
+            coding.pop()  # trailing keys that say what their absence says: as files before them
         return {"m": self.model_name, "k": self.kind, "s": self.shape, "p": self.pixels, "r": self.restore,
                 "c": coding, "n": [[n, len(b)] for n, b in zip(self.chunk_images, self.chunks)]}
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from . import scale_maps, tiling
+from . import plan, scale_maps, tiling
 from .coding_params import split_coding
 from .errors import BBCodecError
 from .registry import architecture
@@ -47,14 +47,29 @@ class Layout:
         self.grey = self.arch.tiled and len(self.shape) == 3 and not one_channel
         self.luminance = self.arch.tiled and len(self.shape) == 3 and one_channel
         self.levels = []
+        if self.params.lead_tiles is None:  # the encoder chooses; files always say
+            self.params = replace(self.params, lead_tiles=self._chosen_leads() if self.arch.tiled else ())
         if self.arch.tiled:
             h, w = self.shape[-2:]
-            self.levels = tiling.levels(h, w, loaded.config.get("patch"), self.params.tile, self.params.pyramid)
+            patch = loaded.config.get("patch")
+            self.levels = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid, self.params.lead_tiles)
         # the flat list of segments: (level index, piece index)
         self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
         groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
         for key in ("scale_shifts", "scale_slopes"):
             setattr(self.params, key, scale_maps.check_level_maps(getattr(self.params, key), key, len(self.levels), groups))
+
+    def _chosen_leads(self) -> tuple:
+        """The lead tiles an encoder stores: :func:`plan.lead_tiles` of the first level from the
+        start-up estimates (a grey image coded by a colour model costs a third of its estimate),
+        or ``()`` where that is the default single row of patch-sized tiles."""
+        (h, w), patch = self.shape[-2:], self.loaded.config.get("patch")
+        default = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid)
+        first = default[0]
+        coded = 1 / self.loaded.config.get("channels", 3) if self.grey else 1.0
+        lead = plan.lead_tiles(first.tile, first.padded[0] // first.tile, first.tile * first.padded[1], patch,
+                               self.params.bits_per_image * coded, self.params.pop_bits_per_image)
+        return () if lead == first.lead else (lead,) + ((),) * (len(default) - 1)
 
     def _codec(self, level: int = 0, tile=None):
         p = self.params

@@ -7,7 +7,9 @@ the message holds enough bits for the first pop. The batch size then doubles fro
 ``batch``, so no batch pops more than the message holds. And the message starts with few lanes
 and grows towards ``lanes_per_image * batch`` only as fast as the data already coded can pay for
 the new lanes (31 popped bits each, :meth:`bbcodec.ans.Message.grow`), so extra lanes cost almost
-nothing but their 5-bit length field at the end.
+nothing but their 5-bit length field at the end. For tiled models a fourth: the first rows of tiles
+are cut smaller (:func:`lead_tiles`), so that no tile's pop outgrows what the rows before it put
+in the message.
 
 The plan is either a deterministic function of the estimates in
 :class:`~bbcodec.coding_params.CodingParams` and the unit counts (:func:`plan_batches`, which the
@@ -122,3 +124,30 @@ def split_plan(plan: list[Batch], counts: list[int]) -> list[int]:
     if any(left):
         raise ValueError("corrupt coding plan: segment sizes do not add up")
     return owner
+
+
+def lead_tiles(tile: int, rows: int, row_pixels: int, patch: int, bits_per_patch: float,
+               pop_bits_per_patch: float) -> tuple[int, ...]:
+    """The tile sizes of the first rows of a level of ``rows`` rows of ``tile``-sized tiles coded on
+    an empty message (``row_pixels`` pixels per row): row ``r`` uses the largest of ``patch * 2**k``
+    up to ``tile`` whose estimated pop, ``pop_bits_per_patch`` per patch of its area, is at most
+    ``SAFETY`` times the estimated bits of the rows before it (``bits_per_patch`` per patch area);
+    the sizes end at the first row that can use ``tile``. So the first row uses ``patch``, and a
+    model whose latents pop far more than its pixels cost (a greyscale model's) ramps up over a
+    few rows instead of coding its first big tiles without bits-back. A level of one row is cut
+    smaller only if it holds at least ``4x`` the patches coded without bits-back before the first
+    pop (measured on 64x64 crops, fewer lose more context at the extra tile borders than bits-back
+    gains)."""
+    plain = pop_bits_per_patch / (SAFETY * max(bits_per_patch, 1e-9))
+    if rows == 1 and row_pixels / patch ** 2 < 4 * plain:
+        return ()
+    sizes: list[int] = []
+    for row in range(rows):
+        budget = SAFETY * bits_per_patch * row * row_pixels / patch ** 2
+        size = patch
+        while size < tile and pop_bits_per_patch * (2 * size / patch) ** 2 <= budget:
+            size *= 2
+        if size >= tile:
+            break
+        sizes.append(size)
+    return tuple(sizes)

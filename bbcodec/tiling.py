@@ -8,9 +8,10 @@ uint8 tensors ``(N, C, H, W)``.
   ``t x t`` tiles in row-major order. The tile is the largest of the model's training patch
   times a power of two, up to the ``tile`` setting, that pads the image least: the networks are
   fully convolutional, and larger tiles lose less context at their borders. The first level coded
-  has its first row of tiles cut into patch-sized tiles instead (its *lead*): the message is empty
-  there, and the first tiles are coded without bits-back until it holds enough bits, which costs
-  more the bigger they are.
+  has its first rows of tiles cut into smaller tiles instead (its *lead*): the message is empty
+  there, and a tile is coded without bits-back until the message holds the bits its latents'
+  pop takes, which costs more the bigger the tile is. The lead is one row of patch-sized tiles
+  unless the file names its rows' tile sizes (:func:`bbcodec.plan.lead_tiles` ramps them up).
 * **Pyramid.** An image at least ``pyramid`` pixels on its shorter side is coded as two parts:
   its padded version's every fourth pixel of every fourth row, an image a quarter the size (a
   *level*, coded first by the decoder, and split again by the same rule), and the rest of its
@@ -73,15 +74,16 @@ class Piece(NamedTuple):
 
 class Level(NamedTuple):
     """One level of the pyramid: the image size at this level, its tile, whether its first pixel
-    level is given by the next level (``split``), and ``lead``, a smaller tile for its first row
-    of tiles (0: none). The first level coded has no bits in the message to take bits back from;
-    small tiles there keep the images coded without bits-back (see ``plain_start``) small."""
+    level is given by the next level (``split``), and ``lead``, the tile sizes of its first rows
+    of tiles (each row ``tile`` pixels high; the rest uses ``tile``). The first level coded has no
+    bits in the message to take bits back from; small tiles there keep the images coded without
+    bits-back (see ``plain_start``) small."""
 
     h: int
     w: int
     tile: int
     split: bool
-    lead: int = 0
+    lead: tuple[int, ...] = ()
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -89,10 +91,16 @@ class Level(NamedTuple):
 
     @property
     def pieces(self) -> list[Piece]:
-        ph = self.padded[0]
-        if not self.lead:
-            return [Piece(0, ph, self.tile)]
-        return [Piece(0, self.tile, self.lead), Piece(self.tile, ph, self.tile)]
+        """Runs of rows with the same tile size, top to bottom."""
+        ph, t = self.padded[0], self.tile
+        sizes = list(self.lead) + [t] * (ph // t - len(self.lead))
+        out = []
+        for row, size in enumerate(sizes):
+            if out and out[-1].tile == size:
+                out[-1] = out[-1]._replace(bottom=(row + 1) * t)
+            else:
+                out.append(Piece(row * t, (row + 1) * t, size))
+        return out
 
     def tiles_in(self, piece: Piece) -> int:
         return (piece.bottom - piece.top) // piece.tile * (self.padded[1] // piece.tile)
@@ -106,10 +114,26 @@ class Level(NamedTuple):
         return self.padded[0] // SUBSAMPLE, self.padded[1] // SUBSAMPLE
 
 
-def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0) -> list[Level]:
+def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0, leads=None) -> list[Level]:
     """The pyramid of an ``h x w`` image, full size first. ``pyramid`` is the shorter side from
-    which an image is split (0: never); tiles are chosen by :func:`tile_size`; the first level's
-    first row of tiles uses ``patch``-sized tiles if its tiles are larger and it has more rows."""
+    which an image is split (0: never); tiles are chosen by :func:`tile_size`. ``leads``, per level,
+    the tile sizes of its first rows (:attr:`Level.lead`); by default (``None`` or empty) the first
+    level's first row of tiles uses ``patch``-sized tiles if its tiles are larger and it has more
+    rows. ``ValueError`` unless given leads fit the levels: one per level, each size a multiple of 4
+    that divides the level's tile, no more sizes than rows."""
+    out = _levels(h, w, patch, largest_tile, pyramid)
+    if not leads:
+        return out
+    leads = tuple(tuple(lead) for lead in leads)
+    if len(leads) != len(out) or any(
+            len(lead) > lvl.padded[0] // lvl.tile
+            or any(type(t) is not int or t < 4 or t % 4 or lvl.tile % t for t in lead)
+            for lead, lvl in zip(leads, out)):
+        raise ValueError("lead tiles do not fit the model and image shape")
+    return [lvl._replace(lead=lead) for lvl, lead in zip(out, leads)]
+
+
+def _levels(h: int, w: int, patch: int, largest_tile: int, pyramid: int) -> list[Level]:
     if patch % SUBSAMPLE:
         raise ValueError(f"patch size {patch} is not a multiple of {SUBSAMPLE}")
     out = []
@@ -117,7 +141,7 @@ def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0) 
         t = tile_size(h, w, patch, largest_tile)
         split = bool(pyramid) and min(h, w) >= max(pyramid, 2 * SUBSAMPLE)
         split = split and padded_size(h, t) // SUBSAMPLE < h and padded_size(w, t) // SUBSAMPLE < w  # smaller next
-        lead = patch if not out and t > patch and padded_size(h, t) > t else 0
+        lead = (patch,) if not out and t > patch and padded_size(h, t) > t else ()
         out.append(Level(h, w, t, split, lead))
         if not split:
             return out

@@ -69,13 +69,40 @@ def originals(out: Path) -> list[dict]:
     return rows
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def add_file(out: Path, original: str, model: str, note: str) -> None:
+    """Append ``original`` coded by ``model`` to ``out``'s manifest, for a coding change that
+    older golden files do not exercise (they keep decoding; the new file guards the new path)."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    taken = {row["bbc"] for row in manifest["files"]}
+    bbc = next(out / f"{original}.{model}.{k}.bbc" for k in range(2, 1000)
+               if f"{original}.{model}.{k}.bbc" not in taken)
+    api.compress(out / original, bbc, model=model, force=True, fallback=False)
+    compare = next(row["compare"] for row in manifest["files"] if row["original"] == original)
+    manifest["files"].append({"original": original, "model": model, "compare": compare, "fallback": False,
+                              "note": note, "bbc": bbc.name,
+                              "bbc_sha256": hashlib.sha256(bbc.read_bytes()).hexdigest(),
+                              "added_by": f"bbcodec {bbcodec.__version__}, the working tree on commit {_commit()}"})
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{bbc.name}: {bbc.stat().st_size:,} bytes")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden")
     ap.add_argument("--format", type=int, default=1, help="the container version the code writes (1: before "
                     "the zlib fallback existed; 2 and later also write fallback files)")
+    ap.add_argument("--add", nargs=3, metavar=("ORIGINAL", "MODEL", "NOTE"),
+                    help="append one file to an existing manifest instead: ORIGINAL (already in --out) "
+                    "coded with MODEL by the current code, as ORIGINAL.MODEL.N.bbc")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.add:
+        return add_file(args.out, *args.add)
     rows = originals(args.out)
     if args.format >= 2:  # the model's coding of each, and the zlib fallback where it wins by default
         rows = [{**r, "fallback": False} for r in rows] + [
@@ -92,8 +119,7 @@ def main():
         row["bbc"] = bbc.name
         row["bbc_sha256"] = hashlib.sha256(bbc.read_bytes()).hexdigest()
         print(f"{bbc.name}: {bbc.stat().st_size:,} bytes")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    manifest = {"written_by": f"bbcodec {bbcodec.__version__} at commit {commit}", "format": args.format, "files": rows}
+    manifest = {"written_by": f"bbcodec {bbcodec.__version__} at commit {_commit()}", "format": args.format, "files": rows}
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -149,13 +149,13 @@ def test_coding_parameters_keep_their_file_order():
     from bbcodec.coding_params import OLD_FILE_DEFAULTS, CodingParams, EncoderOptions, cli_options
     from bbcodec.container import CODING_KEYS
 
-    assert CODING_KEYS[:13] == ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack",
+    assert CODING_KEYS[:14] == ("batch", "lanes_per_image", "initial_lanes", "bits_per_image", "precision", "pack",
                                 "tile", "plain_start", "stored_plan", "pyramid", "pop_bits_per_image",
-                                "scale_shifts", "scale_slopes")
+                                "scale_shifts", "scale_slopes", "lead_tiles")
     assert tuple(f.name for f in fields(CodingParams)) == CODING_KEYS
     assert "adapt" in {f.name for f in fields(EncoderOptions)} - set(CODING_KEYS)
-    assert {k: OLD_FILE_DEFAULTS[k] for k in ("plain_start", "stored_plan", "pyramid")} == {
-        "plain_start": False, "stored_plan": False, "pyramid": 0}
+    assert {k: OLD_FILE_DEFAULTS[k] for k in ("plain_start", "stored_plan", "pyramid", "lead_tiles")} == {
+        "plain_start": False, "stored_plan": False, "pyramid": 0, "lead_tiles": ()}
     assert {"batch", "lanes_per_image", "tile", "pyramid", "adapt"} <= {o.name for o in cli_options()}
 
 

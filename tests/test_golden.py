@@ -52,7 +52,10 @@ def test_golden_files_cover_every_embedded_model_and_container_version():
     assert versions == set(READS)
 
 
-CURRENT = [r for r in ROWS if r["dir"].name == "v2"]  # written by the current container format
+# written by the current container format; where a coding change added a newer file for the same
+# original, model and options, only the newest is the current encoder's output (older ones decode)
+_LATEST = {(r["original"], r["model"], r["fallback"], r.get("chunk")): r for r in ROWS if r["dir"].name == "v2"}
+CURRENT = list(_LATEST.values())
 
 
 @pytest.mark.parametrize("row", CURRENT, ids=[r["bbc"] for r in CURRENT])

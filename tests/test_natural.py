@@ -97,18 +97,68 @@ def test_tile_size_and_levels():
     assert tiling.tile_size(32, 32, 32, 128) == 32
     assert tiling.tile_size(100, 100, 32, 0) == 32
     kodak = tiling.levels(512, 768, 32, 128, 256)
-    assert kodak == [tiling.Level(512, 768, 128, True, 32), tiling.Level(128, 192, 64, False, 0)]
+    assert kodak == [tiling.Level(512, 768, 128, True, (32,)), tiling.Level(128, 192, 64, False, ())]
     assert kodak[0].tiles_per_image == 4 * 24 + 3 * 6
     assert tiling.levels(32, 32, 32, 128, 256) == [tiling.Level(32, 32, 32, False)]
-    assert tiling.levels(100, 300, 32, 128, 0) == [tiling.Level(100, 300, 64, False, 32)]  # 128 pads more
+    assert tiling.levels(100, 300, 32, 128, 0) == [tiling.Level(100, 300, 64, False, (32,))]  # 128 pads more
     assert len(tiling.levels(4000, 3000, 32, 128, 256)) == 3
+
+
+def test_lead_tiles_ramp_up_where_the_first_pops_outgrow_the_rows_before():
+    from bbcodec.plan import SAFETY, lead_tiles
+
+    # one row of 32-pixel patches (64 of them) holds 64 * 3300 bits, SAFETY of it pays for 64-pixel
+    # tiles (pop 4 * 20400) but not 128 (16 * 20400) until a third row: a luminance model's ramp
+    row = 128 * 512
+    assert lead_tiles(128, 6, row, 32, 3300, 20400) == (32, 64, 64)
+    assert 2 * 64 * 3300 * SAFETY < 16 * 20400 <= 3 * 64 * 3300 * SAFETY
+    # a colour model's first row already pays for 128: the default single row of patches
+    assert lead_tiles(128, 6, row, 32, 9000, 20400) == (32,)
+    assert lead_tiles(32, 6, row, 32, 3300, 20400) == ()  # tiles no bigger than the patch
+    # one row: cut only if it holds many more patches than the plain start codes
+    assert lead_tiles(64, 1, 64 * 64, 32, 9000, 20400) == ()
+    assert lead_tiles(128, 1, 128 * 128, 32, 9000, 20400) == (32,)
+    # pieces are runs of rows with one tile size; the default is the single lead row
+    lvl = tiling.levels(768, 512, 32, 128, 256, leads=[(32, 64, 64), ()])[0]
+    assert lvl.pieces == [tiling.Piece(0, 128, 32), tiling.Piece(128, 384, 64), tiling.Piece(384, 768, 128)]
+    assert lvl.tiles_per_image == 64 + 32 + 12
+    assert tiling.levels(768, 512, 32, 128, 256, leads=[])[0].lead == (32,)
+    for bad in ([(32,)], [(48,), ()], [(33,), ()], [(32,) * 7, ()], [(256,), ()], [(True,), ()]):
+        with pytest.raises(ValueError, match="lead tiles"):
+            tiling.levels(768, 512, 32, 128, 256, leads=bad)
+
+
+def test_lead_tiles_are_chosen_stored_and_decoded(colour_model):
+    """A grey image coded by a colour model ramps its lead (its pixels cost a third of the colour
+    estimate); the file stores the sizes, decodes, and a header with bad ones is a clear error.
+    Files that use the default lead do not store the key, as before it existed."""
+    x = smooth_images(1, 64, 32, 4)[:, 0].contiguous()
+    coding = {"pyramid": 0, "tile": 16, "bits_per_image": 150, "pop_bits_per_image": 300, "adapt": False}
+    from bbcodec.zoo import load_model
+
+    layout = Layout(load_model(colour_model), x.shape, coding)
+    lead = layout.params.lead_tiles
+    assert lead and lead[0][0] == 8 and len(lead[0]) > 1
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    box = api.Container.from_bytes(data)
+    assert [list(level) for level in box.coding["lead_tiles"]] == [list(level) for level in lead]
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    box.coding["lead_tiles"] = [[8, 12]]
+    with pytest.raises(api.BBCodecError, match="corrupt .bbc header"):
+        api.decompress_images(box.to_bytes(), colour_model)
+    # the default lead, whether chosen or asked for, leaves the header as it was
+    for extra in ({}, {"lead_tiles": []}):
+        plain = api.Container.from_bytes(api.compress_images(
+            x, colour_model, coding={**coding, "bits_per_image": 5000, **extra}, fallback=False))
+        assert "lead_tiles" not in plain.coding
+        assert torch.equal(api.decompress_images(plain.to_bytes(), colour_model), x)
 
 
 def test_given_tiles_hold_the_subsampled_grid():
     x = torch.randint(0, 256, (2, 3, 29, 45), dtype=torch.uint8)
     lv = tiling.levels(29, 45, 8, 16, 16)
     assert len(lv) == 2 and lv[0].split
-    assert lv[0].lead == 8  # the first row of 16-pixel tiles is coded as 8-pixel tiles
+    assert lv[0].lead == (8,)  # the first row of 16-pixel tiles is coded as 8-pixel tiles
     full, sub = tiling.level_images(x, lv)
     assert torch.equal(tiling.uncut(tiling.cut(full, lv[0]), 2, lv[0]), x)
     given = tiling.given_image(sub[:, :, :lv[1].h, :lv[1].w], lv[0])
