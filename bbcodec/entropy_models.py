@@ -357,11 +357,18 @@ class PackedBernoulli(EntropyModel):
 _CAT_BITS = 22  # probabilities are quantised to integers of up to 22 bits relative to the row max
 
 
+def _cat_bits(n: int) -> int:
+    """The quantisation bits of ``n`` symbols: 22 below 512, fewer above, so that their sum, at
+    most ``n * 2**bits``, stays below ``2**31`` (the int32 prefix sums)."""
+    return max(0, min(_CAT_BITS, 31 - n.bit_length()))
+
+
 class Categorical(EntropyModel):
     """Categorical over ``0..n-1`` from probabilities or logits along the last axis.
 
     Probabilities (any non-negative weights; they need not sum to 1) are quantised exactly:
-    ``q_i = floor(p_i / max_j p_j * 2**22)``, ``Q`` their integer prefix sums, and
+    ``q_i = floor(p_i / max_j p_j * 2**b)`` with ``b = 22`` for ``n < 512`` (fewer bits above, so
+    that the prefix sums fit in int32), ``Q`` their integer prefix sums, and
     ``C(i) = floor(Q_i * (2**P - n) / Q_n) + i``. Logits go through :func:`detmath.softmax`-style
     table exponentials first. All integer arithmetic, so identical on every device.
     """
@@ -404,7 +411,7 @@ class Categorical(EntropyModel):
             if bool((~finite & (lg > 0)).any()):
                 raise ModelError("logits must not be +inf")
         w = detmath.exp_nonpositive(lg - lg.amax(dim=-1, keepdim=True))
-        self._init_from_weights(torch.floor(w * float(1 << _CAT_BITS)).to(torch.int32), precision)
+        self._init_from_weights(torch.floor(w * float(1 << _cat_bits(n))).to(torch.int32), precision)
 
     def __getattr__(self, name):
         # models made from probabilities on the CPU build their prefix sums on first use
@@ -425,12 +432,12 @@ class Categorical(EntropyModel):
 
     @classmethod
     def _quantised_prefix_sums(cls, t: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        """Prefix sums (int32) of ``floor(p / max(p) * 2**22)`` (all-zero rows: uniform), computed
+        """Prefix sums (int32) of ``floor(p / max(p) * 2**b)`` (all-zero rows: uniform), computed
         block by block of rows so that the quantised temporaries stay in cache: the probabilities
         are read from memory once and the prefix sums written once."""
         n = t.shape[-1]
         rows = t.reshape(-1, n)
-        scale = torch.where(hi > 0, float(1 << _CAT_BITS) / hi.to(torch.float64), torch.zeros_like(hi, dtype=torch.float64))
+        scale = torch.where(hi > 0, float(1 << _cat_bits(n)) / hi.to(torch.float64), torch.zeros_like(hi, dtype=torch.float64))
         scale = scale.reshape(-1, 1).to(t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float64)
         out = torch.empty(rows.shape, dtype=torch.int32, device=t.device)
         step = cls._ROWS_PER_BLOCK

@@ -148,28 +148,22 @@ if numba is not None:
         return (q * ((np.int64(1) << precision) - n)) // np.int64(cum_q[lane, n - 1]) + i
 
     @_jit
-    def _check_probs(rows):
-        """0 for valid rows of probabilities, else 1 (NaN), 2 (negative) or 3 (infinite), as
-        ``Categorical`` checks them."""
-        for r in range(rows.shape[0]):
-            hi = rows[r, 0]
-            lo = rows[r, 0]
-            for c in range(rows.shape[1]):
-                v = rows[r, c]
-                if v != v:
-                    return 1
-                hi = max(hi, v)
-                lo = min(lo, v)
-            if lo < 0:
-                return 2
-            if np.isinf(hi):
-                return 3
-        return 0
+    def _check_probs(flat):
+        """0 for valid probabilities, else 1 (a NaN anywhere), 2 (a negative value) or 3 (an
+        infinity), as ``Categorical`` checks them. Counts, not an early exit, so the loop
+        vectorises."""
+        nan, negative, infinite = 0, 0, 0
+        for i in range(flat.shape[0]):
+            v = flat[i]
+            nan += v != v
+            negative += v < 0
+            infinite += v == np.inf
+        return 1 if nan else 2 if negative else 3 if infinite else 0
 
     @_jit
     def _quantised_prefix_sums(rows, scale, out):
         """``Categorical._quantised_prefix_sums`` row by row, for rows already checked.
-        ``scale``: a one-element array of the rows' dtype, so that the scale and products round
+        ``scale``: :func:`_scale_buffer`, of the rows' dtype, so that the scale and products round
         as the reference's (in float32 for float32 rows)."""
         for r in range(rows.shape[0]):
             if _row_scale(rows, r, scale):
@@ -181,15 +175,35 @@ if numba is not None:
                 for c in range(rows.shape[1]):
                     out[r, c] = c + 1
 
+    def _row_max(probs, lane, scratch):
+        """The row's maximum (compiled only). ``scratch``: a one-element array of its dtype."""
+        raise NotImplementedError
+
+    @numba.extending.overload(_row_max, jit_options={"fastmath": False})
+    def _row_max_for(probs, lane, scratch):
+        # checked rows hold no NaN, so the maximum of their IEEE bit patterns as signed integers
+        # is the bits of their maximum (non-negative floats order as their bits do, and a row of
+        # zeros of either sign gives a zero); integer maxima vectorise, float ones here do not
+        bits = np.int32 if probs.dtype.bitwidth == 32 else np.int64
+
+        def row_max(probs, lane, scratch):
+            row = probs[lane].view(bits)
+            hi = row[0]
+            for c in range(1, row.shape[0]):
+                v = row[c]
+                hi = v if v > hi else hi
+            scratch.view(bits)[0] = hi
+            return scratch[0]
+
+        return row_max
+
     @_jit
     def _row_scale(probs, lane, scale):
-        """Sets ``scale[0]`` to ``2**22 / max`` of the row (in the row's dtype); False for an
-        all-zero row (uniform)."""
-        hi = probs[lane, 0]
-        for c in range(1, probs.shape[1]):
-            hi = max(hi, probs[lane, c])
+        """Sets ``scale[0]`` to ``scale[1] / max`` of the row (``scale[1]``: ``2**bits``; in the
+        row's dtype); False for an all-zero row (uniform)."""
+        hi = _row_max(probs, lane, scale[:1])
         if hi > 0:
-            scale[0] = 4194304.0 / np.float64(hi)
+            scale[0] = np.float64(scale[1]) / np.float64(hi)
             return True
         return False
 
@@ -233,17 +247,25 @@ if numba is not None:
         lo = _cdf(s, q, p)
         return lo, _cdf(s + 1, q, p) - lo
 
+    @_jit
+    def _quantised_sum(probs, lane, scale, lo, hi):
+        """The sum of the row's quantised values ``lo..hi-1`` (int64: the int32 prefix sums'
+        wrapping is applied by the caller). Integer sums, so the loop vectorises."""
+        acc = np.int64(0)
+        f = scale[0]
+        for c in range(lo, hi):
+            acc += np.int64(np.int32(probs[lane, c] * f))
+        return acc
+
     def _interval_from_probs(p, q, s):
         # one pass for the row's maximum, one for Q_s, Q_{s+1} and Q_n together
         n, precision, probs, scale, _ = p
-        quantised = _row_scale(probs, q, scale)
-        acc, q_s, q_next = np.int64(0), np.int64(0), np.int64(0)
-        for c in range(n):
-            if c == s:
-                q_s = acc
-            acc += np.int64(np.int32(probs[q, c] * scale[0])) if quantised else 1
-            if c == s:
-                q_next = acc
+        if _row_scale(probs, q, scale):
+            q_s = _quantised_sum(probs, q, scale, 0, s)
+            q_next = q_s + np.int64(np.int32(probs[q, s] * scale[0]))
+            acc = q_next + _quantised_sum(probs, q, scale, s + 1, n)
+        else:
+            q_s, q_next, acc = np.int64(s), np.int64(s + 1), np.int64(n)
         q_n = np.int64(np.int32(acc))
         spread = (np.int64(1) << precision) - n
         lo = (np.int64(np.int32(q_s)) * spread) // q_n + s
@@ -279,22 +301,42 @@ if numba is not None:
         (compiled only; ``C`` is strictly increasing, so ``i`` is unique)."""
         raise NotImplementedError
 
+    _BLOCK = 16  # symbols per block of the categorical search
+
     def _scan_probs(p, j, slot):
-        # the prefix sums one by one from the probabilities, up to the first edge above the slot
-        n, precision, probs, scale, _ = p
-        quantised = _row_scale(probs, j, scale)
-        q_n = _row_prefix(probs, j, scale, quantised, n)
+        # the row's quantised weights into a scratch row, their total, then blocks of _BLOCK
+        # symbols: the first block whose end has C > slot, then the symbol within it. C(i) > slot
+        # is tested without a division as Q_i * spread >= (slot - i + 1) * Q_n. The prefix sums
+        # cannot wrap (Categorical's quantisation keeps Q_n below 2**31), so int64 sums equal the
+        # reference's int32 ones.
+        n, precision, probs, scale, q = p
+        if _row_scale(probs, j, scale):
+            f = scale[0]
+            for i in range(n):
+                q[i] = np.int64(np.int32(probs[j, i] * f))
+        else:
+            for i in range(n):
+                q[i] = 1
+        q_n = np.int64(0)
+        for i in range(n):
+            q_n += q[i]
         spread = (np.int64(1) << precision) - n
-        acc, before = np.int64(0), np.int64(0)
-        for i in range(1, n + 1):
-            acc += np.int64(np.int32(probs[j, i - 1] * scale[0])) if quantised else 1
-            q = np.int64(np.int32(acc))
-            # C(i) > slot, i.e. floor(Q_i * spread / Q_n) >= slot - i + 1, without a division
-            if q * spread >= (slot - i + 1) * q_n:
-                c_lo = (before * spread) // q_n + i - 1
-                return i - 1, c_lo, (q * spread) // q_n + i - c_lo
-            before = q
-        return n - 1, np.int64(0), np.int64(0)  # not reached: C(n) = 2**precision > slot
+        before, i = np.int64(0), 0  # Q_i, with C(i) <= slot
+        while i + _BLOCK < n:
+            total = np.int64(0)
+            for k in range(i, i + _BLOCK):
+                total += q[k]
+            if (before + total) * spread >= (slot - (i + _BLOCK) + 1) * q_n:
+                break
+            before += total
+            i += _BLOCK
+        while True:  # C(n) = 2**precision > slot ends this
+            after = before + q[i]
+            if after * spread >= (slot - i) * q_n:
+                c_lo = (before * spread) // q_n + i
+                return i, c_lo, (after * spread) // q_n + i + 1 - c_lo
+            before = after
+            i += 1
 
     @_jit
     def _interval(p, symbols):
@@ -445,11 +487,20 @@ def _bernoulli_params(model) -> tuple:
     return (2, int(model.precision), _array(model._freq1.reshape(-1), torch.int64))
 
 
+def _scale_buffer(n: int, dtype) -> np.ndarray:
+    """``[row scale, 2**bits]`` for :func:`_row_scale` (the bits of ``Categorical`` quantisation)."""
+    from .entropy_models import _cat_bits
+
+    return np.array([0.0, float(1 << _cat_bits(int(n)))], dtype=dtype)
+
+
 def _categorical_params(model) -> tuple:
     probs = model.__dict__.get("_probs")
     if probs is not None and "_cum_q" not in model.__dict__:  # straight from the probabilities
         rows = _array(probs.reshape(-1, probs.shape[-1]), probs.dtype)
-        return (int(model.n), int(model.precision), rows, np.zeros(1, dtype=rows.dtype), 0)
+        # the scale buffer in the rows' dtype, and a scratch row for the quantised weights
+        return (int(model.n), int(model.precision), rows, _scale_buffer(model.n, rows.dtype),
+                np.zeros(int(model.n), dtype=np.int64))
     cum_q = model._cum_q
     return (int(model.n), int(model.precision), _array(cum_q.reshape(-1, cum_q.shape[-1]), torch.int32), 0)
 
@@ -543,11 +594,11 @@ def quantised_prefix_sums(probs: torch.Tensor) -> torch.Tensor:
     n = probs.shape[-1]
     rows = _array(probs.reshape(-1, n), probs.dtype)
     out = np.empty(rows.shape, dtype=np.int32)
-    _quantised_prefix_sums(rows, np.zeros(1, dtype=rows.dtype), out)
+    _quantised_prefix_sums(rows, _scale_buffer(n, rows.dtype), out)
     return torch.from_numpy(out).reshape(probs.shape)
 
 
 def check_probs(probs: torch.Tensor):
     """The error message for invalid categorical probabilities (float32 or float64), or None."""
-    status = _check_probs(_array(probs.reshape(-1, probs.shape[-1]), probs.dtype))
+    status = _check_probs(_array(probs.reshape(-1), probs.dtype))
     return _PROBS_ERRORS.get(status)

@@ -196,3 +196,24 @@ def test_mixture_lookup_matches_brute_force(lanes):
     assert torch.equal(sym, expected)
     assert torch.equal(start, table.gather(1, sym.unsqueeze(1))[:, 0])
     assert torch.equal(start + freq, table.gather(1, sym.unsqueeze(1) + 1)[:, 0])
+
+
+@pytest.mark.parametrize("kernels_off", [False, True])
+def test_many_symbols_keep_their_prefix_sums_in_int32(monkeypatch, kernels_off):
+    """Flat rows of 512 and more symbols once summed past 2**31 (22-bit weights each): negative
+    frequencies. Above 511 symbols the weights get fewer bits; below, nothing changes."""
+    from bbcodec.ans import Message
+    from bbcodec.codecs import EntropyCodec
+
+    if kernels_off:
+        monkeypatch.setenv("BBCODEC_KERNELS", "torch")
+    for model in (em.Categorical(torch.ones(3, 1000)), em.Categorical(logits=torch.zeros(3, 4096, dtype=torch.float64)),
+                  em.BetaBinomial(700, torch.ones(3), torch.ones(3))):
+        symbols = torch.tensor([0, model.n // 2, model.n - 1])
+        start, freq = model.interval(symbols)
+        assert bool((freq > 0).all()) and int(freq.sum()) <= 3 << model.precision
+        msg = Message((3,))
+        EntropyCodec(model).push(msg, symbols)
+        assert torch.equal(EntropyCodec(model).pop(msg), symbols)
+    small = em.Categorical(torch.ones(511))
+    assert int(small._cum_q[-1]) == 511 << 22  # unchanged below 512 symbols

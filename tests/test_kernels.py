@@ -172,6 +172,40 @@ def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), n=st.sampled_from([2, 3, 17, 256, 1000]), power=st.sampled_from([1, 4, 12]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_categorical_from_probs_codes_like_torch(seed, n, power, dtype):
+    """Categorical straight from probabilities (the compiled rounds quantise each row as they go):
+    the same intervals, lookups on every interval's edges and message as the torch reference, on
+    skewed rows, all-zero (uniform) rows and rows with one huge entry."""
+    from bbcodec.ans import Message
+    from bbcodec.codecs import EntropyCodec
+
+    g = torch.Generator().manual_seed(seed)
+    probs = (torch.rand(6, 7, n, generator=g, dtype=torch.float64) ** power).to(dtype)
+    probs[0, 0] = 0
+    probs[1, 2, n // 2] = 1e6
+    symbols = torch.randint(0, n, (6, 7), generator=g)
+    mp = pytest.MonkeyPatch()
+
+    def run():
+        model = em.Categorical(probs)
+        start, freq = model._interval(symbols) if hasattr(model, "_interval") else model.interval(symbols)
+        edges = [model.lookup(start)[0], model.lookup(start + freq - 1)[0]]
+        msg = Message((7,), seed=seed % 1000, random_heads=True)
+        EntropyCodec(em.Categorical(probs)).push(msg, symbols)
+        state = (msg.to_bytes(),)
+        return start, freq, *edges, EntropyCodec(em.Categorical(probs)).pop(msg), state
+
+    try:
+        fast, slow = _both(mp, run)
+    finally:
+        mp.undo()
+    assert _equal(fast[:5], slow[:5]) and fast[5] == slow[5]
+    assert torch.equal(fast[2], symbols) and torch.equal(fast[3], symbols) and torch.equal(fast[4], symbols)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_categorical_prefix_sums_and_checks_match_torch(monkeypatch, dtype):
     g = torch.Generator().manual_seed(11)
