@@ -277,6 +277,45 @@ def test_bad_scale_maps_in_a_header_are_a_clear_error(colour_model):
     assert torch.equal(api.decompress_images(box.to_bytes(), colour_model), x)
 
 
+@pytest.mark.parametrize("end_masses", [True, False])
+def test_mixture_log_prob_is_the_mixture_of_discretised_logistics(end_masses):
+    """The component-major log-probability equals the plain definition, the log of the weighted
+    sum of each logistic's mass on the pixel's bin (open bins at 0 and 255), plus the end masses,
+    with and without a scale map; batch shapes are kept and gradients flow."""
+    from bbcodec.models.likelihoods import LOG_SCALE_OFFSET, LogisticMixtureLikelihood, ScaleMap
+
+    lik = LogisticMixtureLikelihood(3, end_masses=end_masses)
+    g = torch.Generator().manual_seed(5)
+    raw = torch.randn(2, 400, lik.nout, generator=g, dtype=torch.float64)
+    raw[..., lik.nlogits + 3:] = raw[..., lik.nlogits + 3:] * 0.5 - 3  # scales of a few levels
+    x = torch.randint(0, 256, (2, 400), generator=g)
+    x[0, :20], x[1, :20] = 0, 255
+    for scale_map in (None, ScaleMap(0.8, 0.7)):
+        got = lik.log_prob(x, raw, scale_map)
+        w = torch.softmax(raw[..., :lik.nlogits], -1)
+        means = 127.5 * (raw[..., lik.nlogits: lik.nlogits + 3] + 1)
+        log_scales = raw[..., lik.nlogits + 3:] + LOG_SCALE_OFFSET
+        if scale_map is not None:
+            log_scales = log_scales * scale_map.slope + scale_map.shift
+        scales = torch.exp(log_scales.clamp(-4, 7))
+        xs = x.unsqueeze(-1).double()
+        upper = torch.where(xs == 255, torch.ones_like(means), torch.sigmoid((xs + 0.5 - means) / scales))
+        lower = torch.where(xs == 0, torch.zeros_like(means), torch.sigmoid((xs - 0.5 - means) / scales))
+        mass = upper - lower
+        centre = (xs - means) / scales  # a bin's mass under 1e-5 is taken as the density there
+        density = torch.exp(centre) / (scales * (1 + torch.exp(centre)) ** 2)
+        open_bin = (xs == 0) | (xs == 255)  # one-sided: their mass exactly
+        p = (w[..., :3] * torch.where((mass > 1e-5) | open_bin, mass, density)).sum(-1)
+        if end_masses:
+            p = p + torch.where(x == 0, w[..., 3], 0.0) + torch.where(x == 255, w[..., 4], 0.0)
+        keep = p > 1e-6  # (below, the difference of two sigmoids loses digits)
+        assert got.shape == x.shape and keep.float().mean() > 0.6
+        assert torch.allclose(got[keep], torch.log(p[keep]), rtol=0, atol=1e-9)
+    trained = raw.float().requires_grad_()
+    lik.log_prob(x, trained).sum().backward()
+    assert torch.isfinite(trained.grad).all() and trained.grad.abs().sum() > 0
+
+
 def test_scale_map_search_finds_the_best_map():
     """The coordinate descent over (shift, slope) lands within 0.1% of the best of every pair, and
     beats the best shift alone, for data spread wider and narrower than the model predicts; data
