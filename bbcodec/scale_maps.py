@@ -21,6 +21,7 @@ SCALE_SLOPE_RANGE = (-8, 4)  # slopes 0.5 to 1.25
 ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
 MAX_ROUNDS = 8
 MIN_SAVING = 0.002  # a group keeps the identity map unless another saves this fraction on the sample
+FULL_GRID_BELOW = 4096  # groups of fewer sampled sub-pixels search the whole coarse grids
 
 
 def scale_map(shift, slope) -> ScaleMap:
@@ -49,12 +50,32 @@ def _refine(cost, best: int, lo: int, hi: int, sizes) -> int:
     return best
 
 
+def _coarse(cost, lo: int, hi: int, step: int, whole: bool) -> int:
+    """The best multiple of ``step`` in ``[lo, hi]`` (ties go to the value nearer zero): of all of
+    them if ``whole``, else by descent from 0 in whichever direction lowers ``cost``, for as long
+    as it falls, which finds the same for a unimodal cost in a few evaluations. Small samples
+    search the whole grid: their costs can have two basins (and cost little to evaluate)."""
+    def key(v):
+        return cost(v), abs(v)
+
+    if whole:
+        return min(range(lo, hi + 1, step), key=key)
+    best = 0
+    for direction in (-step, step):
+        v = best + direction
+        while lo <= v <= hi and key(v) < key(best):
+            best, v = v, v + direction
+        if best:
+            break
+    return best
+
+
 def choose_scale_maps(likelihood, samples: list[dict], groups: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Per pixel group, the integer ``(shift, slope)`` in :data:`SCALE_SHIFT_RANGE` and
     :data:`SCALE_SLOPE_RANGE` that minimise the code length of the sampled sub-pixels
     (``samples``: outputs of :meth:`HierarchicalVAECodec.sample_outputs`), by coordinate descent:
     the shift on a grid of 4 units refined to 1 at slope 1, then the slope on a grid of 2 refined
-    to 1, then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
+    to 1 (grids searched by :func:`_coarse`), then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
     is smooth and unimodal in practice). Groups without samples, or where the best map saves less
     than ``MIN_SAVING`` of the sample's code length (a gain that small does not carry over from
     the sample to the data), get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's
@@ -76,9 +97,10 @@ def choose_scale_maps(likelihood, samples: list[dict], groups: int) -> tuple[tup
                 costs[shift, slope] = -float(log_prob(scale_map(shift, slope)).sum())
             return costs[shift, slope]
 
-        shift = min(range(s_lo, s_hi + 1, 4), key=lambda v: (cost(v, 0), abs(v)))
+        whole = len(sym) < FULL_GRID_BELOW
+        shift = _coarse(lambda v: cost(v, 0), s_lo, s_hi, 4, whole)
         shift = _refine(lambda v: cost(v, 0), shift, s_lo, s_hi, (2, 1))
-        slope = min(range(k_lo, k_hi + 1, 2), key=lambda v: (cost(shift, v), abs(v)))
+        slope = _coarse(lambda v: cost(shift, v), k_lo, k_hi, 2, whole)
         slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
         for _ in range(MAX_ROUNDS):  # the two interact: alternate until neither moves
             before = (shift, slope)
