@@ -60,8 +60,9 @@ if numba is not None:
 
     def _mixture_cdf(i, lane, p):
         """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``. ``p``:
-        (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas)."""
-        n, precision, slopes, intercepts, weights, low_units, values, deltas = p
+        (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas, the
+        table's origin and steps per unit)."""
+        n, precision, slopes, intercepts, weights, low_units, values, deltas, _, _ = p
         if i <= 0:
             return np.int64(0)
         if i >= n:
@@ -236,7 +237,7 @@ if numba is not None:
     def _cdf_for(i, lane, p):
         # the parameter tuple's type says which model it is (chosen while compiling, and cached:
         # functions passed as arguments would not cache)
-        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 5: _probs_cdf, 8: _mixture_cdf,
+        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 5: _probs_cdf, 10: _mixture_cdf,
                 11: _gaussian_cdf}.get(len(p.types))
 
     def _interval_one(p, q, s):
@@ -375,6 +376,63 @@ if numba is not None:
                 hi, c_hi = mid, c
         return lo, c_lo, c_hi - c_lo
 
+    @_jit
+    def _bracket(p, j, slot, guess):
+        """:func:`_lookup_one` from a guess: ``C(guess)``, then steps of 1, 2, 4, ... away from
+        it until they pass the slot, then bisection between the last two; as many ``C``
+        evaluations as about twice the log of the distance from the guess."""
+        n, precision = p[0], p[1]
+        c = _cdf(guess, j, p)
+        if c <= slot:
+            lo, c_lo, hi, c_hi = guess, c, n, np.int64(1) << precision
+            step = 1
+            while lo + step < hi:
+                c = _cdf(lo + step, j, p)
+                if c > slot:
+                    hi, c_hi = lo + step, c
+                    break
+                lo, c_lo = lo + step, c
+                step *= 2
+        else:
+            lo, c_lo, hi, c_hi = 0, np.int64(0), guess, c
+            step = 1
+            while hi - step > lo:
+                c = _cdf(hi - step, j, p)
+                if c <= slot:
+                    lo, c_lo = hi - step, c
+                    break
+                hi, c_hi = hi - step, c
+                step *= 2
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            c = _cdf(mid, j, p)
+            if c <= slot:
+                lo, c_lo = mid, c
+            else:
+                hi, c_hi = mid, c
+        return lo, c_lo, c_hi - c_lo
+
+    def _mixture_lookup(p, j, slot):
+        # the guess inverts the heaviest component's sigmoid at the slot's quantile; the end
+        # masses (saturated pixels) are probed first, as by bisection
+        n, precision, slopes, intercepts, weights, low_units, values, deltas, table_lo, table_scale = p
+        c1 = _cdf(1, j, p)
+        if slot < c1:
+            return 0, np.int64(0), c1
+        c_last = _cdf(n - 1, j, p)
+        if slot >= c_last:
+            return n - 1, c_last, (np.int64(1) << precision) - c_last
+        k = 0
+        for c in range(1, weights.shape[1]):
+            if weights[j, c] > weights[j, k]:
+                k = c
+        t = min(max((slot + 0.5) / float(np.int64(1) << precision), 1e-9), 1.0 - 1e-9)
+        u = (math.log(t / (1.0 - t)) - table_lo) * table_scale
+        guess = (u - intercepts[j, k]) / slopes[j, k]
+        if not guess >= 1.0:  # NaN included
+            guess = 1.0
+        return _bracket(p, j, slot, np.int64(min(guess, float(max(n - 2, 1)))))
+
     def _packed_lookup(p, j, slot):
         n, precision, p0, k, _, _ = p
         lo, size, sym = np.int64(0), np.int64(1) << precision, np.int64(0)
@@ -388,7 +446,7 @@ if numba is not None:
 
     @numba.extending.overload(_lookup_one, jit_options={"fastmath": False})
     def _lookup_one_for(p, j, slot):
-        return {5: _scan_probs, 6: _packed_lookup}.get(len(p.types), _bisect)
+        return {5: _scan_probs, 6: _packed_lookup, 10: _mixture_lookup}.get(len(p.types), _bisect)
 
     @_jit
     def _lookup(p, slots):
@@ -465,7 +523,8 @@ def _mixture_params(model) -> tuple:
     values, deltas = detmath.sigmoid_table()._on(torch.device("cpu"))
     return (int(model.n), int(model.precision), _array(model.slopes.reshape(-1, k), torch.float64),
             _array(model.intercepts.reshape(-1, k), torch.float64), _array(model.weights.reshape(-1, k), torch.float64),
-            _array(model._low_units.reshape(-1), torch.int64), values.numpy(), deltas.numpy())
+            _array(model._low_units.reshape(-1), torch.int64), values.numpy(), deltas.numpy(),
+            detmath.sigmoid_table().lo, detmath.sigmoid_table().scale)
 
 
 def _gaussian_params(model) -> tuple:
