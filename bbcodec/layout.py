@@ -12,10 +12,14 @@ from dataclasses import replace
 import torch
 
 from . import plan, scale_maps, tiling
+from .ans import GROW_BITS
 from .coding_params import split_coding
 from .errors import BBCodecError
 from .registry import architecture
 from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
+
+
+INITIAL_LANE_SHARE = 0.002  # the most of a chunk's estimated bits its initial lanes may cost
 
 
 def _ticker(progress, total):
@@ -149,10 +153,26 @@ class Layout:
         data, st = encode_segments(segments, chunk=index, progress=progress)
         return data, sum(len(s.units) for s in segments), st
 
+    def _cap_initial_lanes(self, n_images: int, chunk: int) -> None:
+        """Fewer initial lanes for small chunks (an encoder's choice; files store it): each lane a
+        message starts with costs about 36 bits at the end (its unused 31-bit head and its 5-bit
+        length), where lanes added later are paid for by popped bits, so the start keeps that
+        cost under :data:`INITIAL_LANE_SHARE` of the chunk's estimated bits."""
+        codecs = self.codecs()
+        sizes = self.segment_sizes(n_images) if self.levels else [n_images]
+        if not self.whole_images and self.levels:
+            sizes = [self.unit_count()]
+        bits = sum(size * codec.params.bits_per_image for size, codec in zip(sizes, codecs))
+        per_chunk = bits / max(1, len(self.chunk_ranges(n_images, chunk)))
+        cap = max(1, int(per_chunk * INITIAL_LANE_SHARE / (GROW_BITS + 5)))
+        if cap < self.params.initial_lanes:
+            self.params = replace(self.params, initial_lanes=cap)
+
     def encode(self, images: torch.Tensor, chunk: int, progress=None, workers=None):
         """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`).
         ``workers`` (a :class:`bbcodec.parallel.ChunkWorkers`) code the chunks, if there are
         several, in their processes: the same bytes."""
+        self._cap_initial_lanes(len(images), chunk)
         self.adapt(images)
         tick = _ticker(progress, self.unit_count())
         parts = self.chunk_parts(images, chunk)

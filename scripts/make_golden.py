@@ -73,18 +73,25 @@ def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
-def add_file(out: Path, original: str, model: str, note: str) -> None:
-    """Append ``original`` coded by ``model`` to ``out``'s manifest, for a coding change that
-    older golden files do not exercise (they keep decoding; the new file guards the new path)."""
+def add_file(out: Path, like: str, note: str) -> None:
+    """Append to ``out``'s manifest a file coded by the current code as the row whose ``.bbc`` is
+    ``like`` was (same original, model and options), for a coding change that the older file
+    does not exercise: it keeps decoding, and the new file guards the new path."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text())
-    taken = {row["bbc"] for row in manifest["files"]}
-    bbc = next(out / f"{original}.{model}.{k}.bbc" for k in range(2, 1000)
-               if f"{original}.{model}.{k}.bbc" not in taken)
-    api.compress(out / original, bbc, model=model, force=True, fallback=False)
-    compare = next(row["compare"] for row in manifest["files"] if row["original"] == original)
-    manifest["files"].append({"original": original, "model": model, "compare": compare, "fallback": False,
-                              "note": note, "bbc": bbc.name,
+    row = next(r for r in manifest["files"] if r["bbc"] == like)
+    taken = {r["bbc"] for r in manifest["files"]}
+    stem = f"{row['original']}.{row['model']}" + (".fallback" if row["fallback"] else "")
+    bbc = next(out / f"{stem}.{k}.bbc" for k in range(2, 1000) if f"{stem}.{k}.bbc" not in taken)
+    src = out / row["original"]
+    if row["compare"] == "tensor":
+        bbc.write_bytes(bbcodec.compress_images(torch.from_numpy(np.load(src)), model=row["model"],
+                                                fallback=row["fallback"]))
+    else:
+        api.compress(src, bbc, model=row["model"], force=True, fallback=row["fallback"],
+                     chunk=row.get("chunk", api.DEFAULT_CHUNK))
+    new = {k: v for k, v in row.items() if k not in ("bbc", "bbc_sha256", "note", "added_by")}
+    manifest["files"].append({**new, "note": note, "bbc": bbc.name,
                               "bbc_sha256": hashlib.sha256(bbc.read_bytes()).hexdigest(),
                               "added_by": f"bbcodec {bbcodec.__version__}, the working tree on commit {_commit()}"})
     path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -96,9 +103,9 @@ def main():
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden")
     ap.add_argument("--format", type=int, default=1, help="the container version the code writes (1: before "
                     "the zlib fallback existed; 2 and later also write fallback files)")
-    ap.add_argument("--add", nargs=3, metavar=("ORIGINAL", "MODEL", "NOTE"),
-                    help="append one file to an existing manifest instead: ORIGINAL (already in --out) "
-                    "coded with MODEL by the current code, as ORIGINAL.MODEL.N.bbc")
+    ap.add_argument("--add", nargs=2, metavar=("LIKE", "NOTE"),
+                    help="append one file to an existing manifest instead: the original of its row whose "
+                    ".bbc is LIKE, coded by the current code with that row's model and options")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.add:

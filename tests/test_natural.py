@@ -154,6 +154,24 @@ def test_lead_tiles_are_chosen_stored_and_decoded(colour_model):
         assert torch.equal(api.decompress_images(plain.to_bytes(), colour_model), x)
 
 
+def test_small_files_start_with_fewer_lanes(colour_model):
+    """Each lane a message starts with costs about 36 bits at the end, so a small file starts with
+    fewer (stored, so it decodes), and a large one keeps the model's setting."""
+    from bbcodec.layout import INITIAL_LANE_SHARE
+
+    x = smooth_images(2, 16, 16, 6)
+    coding = {"initial_lanes": 64, "bits_per_image": 400, "adapt": False}
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    lanes = api.Container.from_bytes(data).coding["initial_lanes"]
+    assert 1 <= lanes < 64
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    # the share rule itself: 1e6 estimated bits allow 55 lanes, 5e6 all 64
+    assert int(1e6 * INITIAL_LANE_SHARE / 36) == 55
+    wide = api.compress_images(x, colour_model, coding={**coding, "bits_per_image": 5e6}, fallback=False)
+    assert api.Container.from_bytes(wide).coding["initial_lanes"] == 64
+    assert torch.equal(api.decompress_images(wide, colour_model), x)
+
+
 def test_given_tiles_hold_the_subsampled_grid():
     x = torch.randint(0, 256, (2, 3, 29, 45), dtype=torch.uint8)
     lv = tiling.levels(29, 45, 8, 16, 16)
