@@ -45,6 +45,7 @@ class Layout:
         self.arch = architecture(loaded.config.get("arch"))
         defaults = dict(loaded.meta.get("coding", {}))
         self.params, self.options = split_coding({**defaults, **(coding or {})})
+        self._asked = set(coding or {})  # what the caller set, which the encoder leaves alone
         # grey images: a colour model codes them in its grey mode (channels 2 and 3 are copies of
         # the first); a one-channel model (trained on luminance) codes them as they are
         one_channel = loaded.config.get("channels", 3) == 1
@@ -157,7 +158,10 @@ class Layout:
         """Fewer initial lanes for small chunks (an encoder's choice; files store it): each lane a
         message starts with costs about 36 bits at the end (its unused 31-bit head and its 5-bit
         length), where lanes added later are paid for by popped bits, so the start keeps that
-        cost under :data:`INITIAL_LANE_SHARE` of the chunk's estimated bits."""
+        cost under :data:`INITIAL_LANE_SHARE` of the chunk's estimated bits. Not where the
+        caller set ``initial_lanes``."""
+        if "initial_lanes" in self._asked:
+            return
         codecs = self.codecs()
         sizes = self.segment_sizes(n_images) if self.levels else [n_images]
         if not self.whole_images and self.levels:

@@ -159,17 +159,24 @@ def test_small_files_start_with_fewer_lanes(colour_model):
     fewer (stored, so it decodes), and a large one keeps the model's setting."""
     from bbcodec.layout import INITIAL_LANE_SHARE
 
+    from bbcodec.zoo import load_model
+
     x = smooth_images(2, 16, 16, 6)
-    coding = {"initial_lanes": 64, "bits_per_image": 400, "adapt": False}
+    default = load_model(colour_model).meta.get("coding", {}).get("initial_lanes", 64)
+    coding = {"bits_per_image": 400, "adapt": False}
     data = api.compress_images(x, colour_model, coding=coding, fallback=False)
     lanes = api.Container.from_bytes(data).coding["initial_lanes"]
-    assert 1 <= lanes < 64
+    assert 1 <= lanes < default
     assert torch.equal(api.decompress_images(data, colour_model), x)
-    # the share rule itself: 1e6 estimated bits allow 55 lanes, 5e6 all 64
+    # the share rule itself: 1e6 estimated bits allow 55 lanes
     assert int(1e6 * INITIAL_LANE_SHARE / 36) == 55
-    wide = api.compress_images(x, colour_model, coding={**coding, "bits_per_image": 5e6}, fallback=False)
-    assert api.Container.from_bytes(wide).coding["initial_lanes"] == 64
+    wide = api.compress_images(x, colour_model, coding={**coding, "bits_per_image": 1e8}, fallback=False)
+    assert api.Container.from_bytes(wide).coding["initial_lanes"] == default
     assert torch.equal(api.decompress_images(wide, colour_model), x)
+    # a value the caller sets is kept
+    asked = api.compress_images(x, colour_model, coding={**coding, "initial_lanes": 40}, fallback=False)
+    assert api.Container.from_bytes(asked).coding["initial_lanes"] == 40
+    assert torch.equal(api.decompress_images(asked, colour_model), x)
 
 
 def test_given_tiles_hold_the_subsampled_grid():
