@@ -162,11 +162,8 @@ class Layout:
         caller set ``initial_lanes``."""
         if "initial_lanes" in self._asked:
             return
-        codecs = self.codecs()
-        sizes = self.segment_sizes(n_images) if self.levels else [n_images]
-        if not self.whole_images and self.levels:
-            sizes = [self.unit_count()]
-        bits = sum(size * codec.params.bits_per_image for size, codec in zip(sizes, codecs))
+        sizes = self.segment_sizes(n_images)  # units per segment, all the images in one chunk
+        bits = sum(size * codec.params.bits_per_image for size, codec in zip(sizes, self.codecs()))
         per_chunk = bits / max(1, len(self.chunk_ranges(n_images, chunk)))
         cap = max(1, int(per_chunk * INITIAL_LANE_SHARE / (GROW_BITS + 5)))
         if cap < self.params.initial_lanes:
