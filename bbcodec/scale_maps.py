@@ -75,8 +75,8 @@ def choose_scale_maps(likelihood, samples: list[dict], groups: int) -> tuple[tup
     :data:`SCALE_SLOPE_RANGE` that minimise the code length of the sampled sub-pixels
     (``samples``: outputs of :meth:`HierarchicalVAECodec.sample_outputs`), by coordinate descent:
     the shift on a grid of 4 units refined to 1 at slope 1, then the slope on a grid of 2 refined
-    to 1 (grids searched by :func:`_coarse`), then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times; the cost
-    is smooth and unimodal in practice). Groups without samples, or where the best map saves less
+    to 1 (grids searched by :func:`_coarse`), then each refined in turn until neither moves (at
+    most ``MAX_ROUNDS`` times; the cost is smooth, and unimodal on large samples). Groups without samples, or where the best map saves less
     than ``MIN_SAVING`` of the sample's code length (a gain that small does not carry over from
     the sample to the data), get zeros. Returns ``(shifts, slopes)``. The choice is the encoder's
     alone (decoders read it), so it need not be reproducible bit for bit.
