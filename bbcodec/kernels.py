@@ -349,6 +349,19 @@ if numba is not None:
             freq[j] = _cdf(symbols[j] + 1, j, p) - lo
         return start, freq
 
+    @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy", inline="always")  # a call costs 12%
+    def _narrow(p, j, slot, lo, c_lo, hi, c_hi):
+        """Bisection from ``C(lo) <= slot < C(hi)`` (``c_lo``, ``c_hi``) to adjacent symbols:
+        ``(lo, C(lo), C(lo + 1) - C(lo))``."""
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            c = _cdf(mid, j, p)
+            if c <= slot:
+                lo, c_lo = mid, c
+            else:
+                hi, c_hi = mid, c
+        return lo, c_lo, c_hi - c_lo
+
     def _bisect(p, j, slot):
         """:func:`_lookup_one` by probing the end symbols (often most of the mass), then
         bisecting."""
@@ -367,14 +380,7 @@ if numba is not None:
                 hi, c_hi = n - 1, c_last
         else:
             lo, c_lo = 1, c1
-        while hi - lo > 1:
-            mid = (lo + hi) >> 1
-            c = _cdf(mid, j, p)
-            if c <= slot:
-                lo, c_lo = mid, c
-            else:
-                hi, c_hi = mid, c
-        return lo, c_lo, c_hi - c_lo
+        return _narrow(p, j, slot, lo, c_lo, hi, c_hi)
 
     @_jit
     def _bracket(p, j, slot, guess):
@@ -403,14 +409,7 @@ if numba is not None:
                     break
                 hi, c_hi = hi - step, c
                 step *= 2
-        while hi - lo > 1:
-            mid = (lo + hi) >> 1
-            c = _cdf(mid, j, p)
-            if c <= slot:
-                lo, c_lo = mid, c
-            else:
-                hi, c_hi = mid, c
-        return lo, c_lo, c_hi - c_lo
+        return _narrow(p, j, slot, lo, c_lo, hi, c_hi)
 
     def _mixture_lookup(p, j, slot):
         # the guess inverts the heaviest component's sigmoid at the slot's quantile; the end
