@@ -84,6 +84,8 @@ def originals() -> list[dict]:
                                                     "RGBA")},
         {"name": "pyramid64.png", "raw": _png_bytes(photo[64:128, 64:128].copy(), "RGB"),
          "kwargs": {"coding": {"pyramid": 64, "tile": 32}}},
+        {"name": "lead-grey128.png", "raw": _png_bytes(np.asarray(photo[:128, :128].mean(-1), np.uint8), "L"),
+         "kwargs": {"coding": {"tile": 64}}},  # photo-grey with ramped lead tiles (lead_tiles stored)
         {"name": "tensor-grey3", "tensor": np.frombuffer(idx_of(3)[16:], np.uint8).reshape(3, 28, 28).copy()},
         {"name": "tensor-rgb2", "tensor": cifar_images},
     ]
