@@ -311,16 +311,15 @@ if numba is not None:
         # cannot wrap (Categorical's quantisation keeps Q_n below 2**31), so int64 sums equal the
         # reference's int32 ones.
         n, precision, probs, scale, q = p
+        q_n = np.int64(0)
         if _row_scale(probs, j, scale):
             f = scale[0]
             for i in range(n):
                 q[i] = np.int64(np.int32(probs[j, i] * f))
+                q_n += q[i]
         else:
-            for i in range(n):
-                q[i] = 1
-        q_n = np.int64(0)
-        for i in range(n):
-            q_n += q[i]
+            q[:] = 1
+            q_n = np.int64(n)
         spread = (np.int64(1) << precision) - n
         before, i = np.int64(0), 0  # Q_i, with C(i) <= slot
         while i + _BLOCK < n:
@@ -519,11 +518,11 @@ def _mixture_params(model) -> tuple:
     from . import detmath
 
     k = model.slopes.shape[-1]
-    values, deltas = detmath.sigmoid_table()._on(torch.device("cpu"))
+    table = detmath.sigmoid_table()
+    values, deltas = table._on(torch.device("cpu"))
     return (int(model.n), int(model.precision), _array(model.slopes.reshape(-1, k), torch.float64),
             _array(model.intercepts.reshape(-1, k), torch.float64), _array(model.weights.reshape(-1, k), torch.float64),
-            _array(model._low_units.reshape(-1), torch.int64), values.numpy(), deltas.numpy(),
-            detmath.sigmoid_table().lo, detmath.sigmoid_table().scale)
+            _array(model._low_units.reshape(-1), torch.int64), values.numpy(), deltas.numpy(), table.lo, table.scale)
 
 
 def _gaussian_params(model) -> tuple:

@@ -12,14 +12,10 @@ from dataclasses import replace
 import torch
 
 from . import plan, scale_maps, tiling
-from .ans import GROW_BITS
 from .coding_params import split_coding
 from .errors import BBCodecError
 from .registry import architecture
 from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
-
-
-INITIAL_LANE_SHARE = 0.002  # the most of a chunk's estimated bits its initial lanes may cost
 
 
 def _ticker(progress, total):
@@ -155,19 +151,15 @@ class Layout:
         return data, sum(len(s.units) for s in segments), st
 
     def _cap_initial_lanes(self, n_images: int, chunk: int) -> None:
-        """Fewer initial lanes for small chunks (an encoder's choice; files store it): each lane a
-        message starts with costs about 36 bits at the end (its unused 31-bit head and its 5-bit
-        length), where lanes added later are paid for by popped bits, so the start keeps that
-        cost under :data:`INITIAL_LANE_SHARE` of the chunk's estimated bits. Not where the
-        caller set ``initial_lanes``."""
+        """Fewer initial lanes for small chunks (:func:`plan.capped_initial_lanes`; an encoder's
+        choice, which files store), unless the caller set ``initial_lanes``."""
         if "initial_lanes" in self._asked:
             return
         sizes = self.segment_sizes(n_images)  # units per segment, all the images in one chunk
         bits = sum(size * codec.params.bits_per_image for size, codec in zip(sizes, self.codecs()))
         per_chunk = bits / max(1, len(self.chunk_ranges(n_images, chunk)))
-        cap = max(1, int(per_chunk * INITIAL_LANE_SHARE / (GROW_BITS + 5)))
-        if cap < self.params.initial_lanes:
-            self.params = replace(self.params, initial_lanes=cap)
+        lanes = plan.capped_initial_lanes(self.params.initial_lanes, per_chunk)
+        self.params = replace(self.params, initial_lanes=lanes)
 
     def encode(self, images: torch.Tensor, chunk: int, progress=None, workers=None):
         """``(chunk bytes, units per chunk, stats per chunk)``; adapts first (see :meth:`adapt`).

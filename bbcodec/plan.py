@@ -9,7 +9,7 @@ and grows towards ``lanes_per_image * batch`` only as fast as the data already c
 the new lanes (31 popped bits each, :meth:`bbcodec.ans.Message.grow`), so extra lanes cost almost
 nothing but their 5-bit length field at the end. For tiled models a fourth: the first rows of tiles
 are cut smaller (:func:`lead_tiles`), so that no tile's pop outgrows what the rows before it put
-in the message.
+in the message. And a small chunk starts with fewer lanes (:func:`capped_initial_lanes`).
 
 The plan is either a deterministic function of the estimates in
 :class:`~bbcodec.coding_params.CodingParams` and the unit counts (:func:`plan_batches`, which the
@@ -27,6 +27,7 @@ from .coding_params import MAX_LANES, CodingParams
 from .varint import decode_varint, encode_varint
 
 SAFETY = 0.7  # fraction of the estimated bits in the message that the plan lets a batch spend
+INITIAL_LANE_SHARE = 0.002  # the most of a chunk's estimated bits its initial lanes may cost
 
 
 class Batch(NamedTuple):
@@ -151,3 +152,11 @@ def lead_tiles(tile: int, rows: int, row_pixels: int, patch: int, bits_per_patch
             break
         sizes.append(size)
     return tuple(sizes)
+
+
+def capped_initial_lanes(lanes: int, chunk_bits: float) -> int:
+    """``lanes``, or fewer for a chunk of ``chunk_bits`` estimated bits: each lane a message starts
+    with costs about ``GROW_BITS + 5`` bits at the end (its unused head and its length field),
+    where lanes added later are paid for by popped bits, so the initial ones may cost at most
+    :data:`INITIAL_LANE_SHARE` of the chunk."""
+    return max(1, min(lanes, int(chunk_bits * INITIAL_LANE_SHARE / (GROW_BITS + 5))))

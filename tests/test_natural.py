@@ -157,7 +157,7 @@ def test_lead_tiles_are_chosen_stored_and_decoded(colour_model):
 def test_small_files_start_with_fewer_lanes(colour_model):
     """Each lane a message starts with costs about 36 bits at the end, so a small file starts with
     fewer (stored, so it decodes), and a large one keeps the model's setting."""
-    from bbcodec.layout import INITIAL_LANE_SHARE
+    from bbcodec.plan import INITIAL_LANE_SHARE
 
     from bbcodec.zoo import load_model
 
