@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -34,7 +35,32 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 
 
 def _on() -> bool:
-    return numba is not None and os.environ.get("BBCODEC_KERNELS", "") != "torch"
+    if numba is None or os.environ.get("BBCODEC_KERNELS", "") == "torch":
+        return False
+    if not _REGISTRIES_LOADED:
+        _load_registries()
+    return True
+
+
+_REGISTRIES_LOADED: list = []
+
+
+def _load_registries() -> None:
+    """Load numba's lowering registries (once per process, before the first kernel), without the
+    ``scipy.linalg`` import that numba makes there only to learn whether its ``np.correlate`` may
+    call BLAS: 0.3 s of a 0.6 s start-up here. No kernel uses it; numba then gives that function
+    its plain loop, and ``np.dot`` still imports ``scipy.linalg`` when it is first compiled."""
+    from numba.core.registry import cpu_target
+
+    hide = "scipy.linalg" not in sys.modules
+    if hide:
+        sys.modules["scipy.linalg"] = None  # an import of it raises ImportError
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        if hide and "scipy.linalg" in sys.modules and sys.modules["scipy.linalg"] is None:
+            del sys.modules["scipy.linalg"]
+    _REGISTRIES_LOADED.append(True)
 
 
 def enabled(*tensors: torch.Tensor) -> bool:

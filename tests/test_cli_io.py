@@ -3,6 +3,7 @@ permissions, full disks and Ctrl-C, several inputs, light start-up, gzip files z
 reproduce, and odd inputs refused with one line."""
 import errno
 import gzip
+import json
 import os
 import stat
 import subprocess
@@ -201,6 +202,24 @@ def test_write_output_api(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- start-up
+def test_console_entry_point_through_pipes(tmp_path, model):
+    """``python -m bbcodec.cli`` (the console entry's code) ends without the interpreter's teardown
+    once torch is loaded: what it wrote to a pipe must still arrive whole, and statuses hold."""
+    src = tmp_path / "d-idx3-ubyte"
+    src.write_bytes(idx_bytes(20))
+    cli = [sys.executable, "-m", "bbcodec.cli"]
+    packed = subprocess.run(cli + ["compress", "-c", "--no-fallback", "-m", model, str(src)], capture_output=True,
+                            timeout=120)
+    assert packed.returncode == 0 and b"tiny8" in packed.stderr and b"Traceback" not in packed.stderr, packed.stderr
+    back = subprocess.run(cli + ["decompress", "-c", "-m", model, "-"], input=packed.stdout, capture_output=True,
+                          timeout=120)
+    assert back.returncode == 0 and back.stdout == src.read_bytes(), back.stderr
+    report = subprocess.run(cli + ["eval", "-q", "--json", "-m", model, str(src)], capture_output=True, timeout=120)
+    assert report.returncode == 0 and json.loads(report.stdout)["images"] == 20, report.stderr
+    bad = subprocess.run(cli + ["decompress", "-c", "-"], input=packed.stdout[:-7], capture_output=True, timeout=120)
+    assert bad.returncode == 1 and bad.stdout == b"" and bad.stderr.count(b"\n") == 1, bad.stderr
+
+
 def test_start_up_imports_nothing_heavy():
     code = ("import sys\nimport bbcodec.cli\nheavy = [m for m in ('torch', 'numpy', 'PIL', 'tqdm', 'bbcodec.api') "
             "if m in sys.modules]\nassert not heavy, heavy\n"
