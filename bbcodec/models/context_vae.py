@@ -74,9 +74,11 @@ class ContextVAE(nn.Module):
         self.dec2 = nn.Linear(c.hidden, ncells * c.channels)
         self.up = nn.Linear(c.channels, c.cell * c.cell * c.features)
         positions, contexts = self._layout()
+        in_cells = self._cell_major_index()
         for g in range(self.groups):
             self.register_buffer(f"pos{g}", positions[g], persistent=False)
             self.register_buffer(f"ctx{g}", contexts[g], persistent=False)
+            self.register_buffer(f"fpos{g}", in_cells[positions[g]], persistent=False)
         self.heads = nn.ModuleList(
             nn.ModuleList([nn.Linear(c.features + contexts[g].shape[1], c.head_hidden),
                            nn.Linear(c.head_hidden, c.head_hidden),
@@ -110,6 +112,13 @@ class ContextVAE(nn.Module):
             contexts.append(torch.stack(idx, 1) if idx else torch.zeros(len(pos), 0, dtype=torch.int64))
             positions.append(pos)
         return positions, contexts
+
+    def _cell_major_index(self) -> torch.Tensor:
+        """For each flat pixel position, its index in :meth:`features`' cell-major order."""
+        c = self.config
+        ii, jj = torch.meshgrid(torch.arange(c.height), torch.arange(c.width), indexing="ij")
+        cell = ((ii // c.cell) * self.grid[1] + jj // c.cell) * c.cell * c.cell + (ii % c.cell) * c.cell + jj % c.cell
+        return cell.reshape(-1)
 
     def positions(self, g: int) -> torch.Tensor:
         return getattr(self, f"pos{g}")
@@ -149,16 +158,16 @@ class ContextVAE(nn.Module):
 
     def features(self, z: torch.Tensor, num: Numerics):
         """Per-pixel decoder features ``(B, H*W, features)`` (numerics-specific activations) from
-        latent values ``z`` ``(B, latent_dim)`` (multiples of ``2**-ACT_BITS`` when exact)."""
+        latent values ``z`` ``(B, latent_dim)`` (multiples of ``2**-ACT_BITS`` when exact), in
+        cell-major order (cell by cell, each cell's pixels row by row): :meth:`head` picks each
+        group's pixels from it directly, so the features are never copied into image order."""
         c = self.config
         b = z.shape[0]
         h = num.linear(self.dec1, num.input(z), relu=True)
         h = num.linear(self.dec2, h, relu=True)
         h = h.reshape(b * self.grid[0] * self.grid[1], c.channels)
         f = num.linear(self.up, h, relu=True)
-        f = f.reshape(b, self.grid[0], self.grid[1], c.cell, c.cell, c.features)
-        f = f.permute(0, 1, 3, 2, 4, 5).reshape(b, c.height * c.width, c.features)
-        return f
+        return f.reshape(b, c.height * c.width, c.features)
 
     def head(self, g: int, feats, previous, num: Numerics) -> torch.Tensor:
         """Raw likelihood parameters ``(B, n_g, nout)`` of group ``g`` given features and the
@@ -166,7 +175,7 @@ class ContextVAE(nn.Module):
         c = self.config
         b = feats.shape[0]
         pos = self.positions(g)
-        inputs = feats.index_select(1, pos)
+        inputs = feats.index_select(1, getattr(self, f"fpos{g}"))
         ctx = getattr(self, f"ctx{g}")
         if ctx.shape[1]:
             # known pixels in a flat vector whose last entry is the padding value
