@@ -25,6 +25,7 @@ WEIGHT_BITS = 12  # weights are multiples of 2**-12
 ACT_LIMIT = float(1 << 24)  # |activation| < 2**12 (in units: < 2**24)
 WEIGHT_LIMIT = float(1 << 16)  # |weight| < 16 (in units: < 2**16)
 MAX_FAN_IN = 1 << 11
+NARROW = 16  # linear layers of at most this many outputs are computed transposed on the CPU
 
 
 class Numerics:
@@ -109,7 +110,12 @@ class ExactNumerics(Numerics):
 
     def linear(self, layer, x, relu=False):
         w, b = self._weights(layer)
-        y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
+        if w.shape[1] <= NARROW and x.dim() == 2 and x.device.type == "cpu":
+            # a narrow layer's transpose, out x rows: BLAS runs this shape about twice as fast on
+            # the CPU (48 -> 14 outputs: 7 -> 13 GMAC/s), and the exact sums are the same
+            y = (torch.addmm(b.reshape(-1, 1), w.t(), x.t()) if b is not None else w.t() @ x.t()).t()
+        else:
+            y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
         return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
     def conv(self, layer, x, relu=False):
