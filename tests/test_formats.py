@@ -111,3 +111,18 @@ def test_missing_file_and_directory(tmp_path):
         read_image_file(tmp_path / "nope.idx")
     with pytest.raises(DataError):
         read_image_file(tmp_path)
+
+
+def test_a_file_that_cannot_be_restored_is_refused_after_coding(tmp_path, monkeypatch):
+    """The restorability check runs alongside the model; its refusal still wins and writes nothing."""
+    from bbcodec import api
+
+    def refuse(f):
+        raise DataError("this file cannot be restored exactly from its pixels (unusual layout); not compressed")
+
+    monkeypatch.setattr(api, "check_restorable", refuse)
+    src = tmp_path / "d-idx3-ubyte"
+    src.write_bytes(gzip.decompress(SAMPLE_IDX.read_bytes()))
+    with pytest.raises(DataError, match="cannot be restored exactly"):
+        api.compress(src, tmp_path / "d.bbc")
+    assert not (tmp_path / "d.bbc").exists()
