@@ -138,13 +138,15 @@ def run() -> None:
     """The console entry point (``bbcodec``, ``python -m bbcodec.cli``): :func:`main`, then, once
     torch is loaded, an exit that skips the interpreter's teardown, which spends 0.5-0.8 s here
     freeing torch's modules and libraries. By then every output is written, renamed into place and
-    closed, and any worker processes are shut down; standard output and error are flushed here."""
+    closed; standard output and error are flushed here. A process that started worker processes
+    (``--jobs``) exits the normal way, which waits for them and frees what it shares with them."""
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = exc.code
-    if "torch" not in sys.modules:
+    parallel = sys.modules.get("bbcodec.parallel")
+    if "torch" not in sys.modules or (parallel is not None and parallel.workers_started()):
         sys.exit(code)
     if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python prints it
         print(code, file=sys.stderr)

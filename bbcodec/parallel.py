@@ -108,6 +108,15 @@ def _decode_task(ref, shape, coding, index, data, count):
 
 
 # ------------------------------------------------------------------------------ in the caller
+_STARTED: list = []
+
+
+def workers_started() -> bool:
+    """Whether this process ever started worker processes (then it must exit the normal way, which
+    waits for them and releases what multiprocessing shares with them)."""
+    return bool(_STARTED)
+
+
 class ChunkWorkers:
     """``jobs`` worker processes coding the chunks of files of one model (``ref``: see
     :func:`model_ref`). Started on first use; :meth:`close` (or ``with``) ends them."""
@@ -124,6 +133,8 @@ class ChunkWorkers:
     def _executor(self, tasks: int):
         if self._pool is None:  # no more workers than chunks
             import multiprocessing
+
+            _STARTED.append(True)
             from concurrent.futures import ProcessPoolExecutor
 
             context = multiprocessing.get_context(START_METHOD)

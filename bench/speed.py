@@ -5,6 +5,7 @@
 * binarised MNIST test set and CIFAR-10 test[0:1000]: images/s each way (``api.evaluate``, round
   trip verified) and bits/dim;
 * kodim23 (768x512): CLI compress and decompress against ``cjxl -q 100 -e 7`` / ``djxl``;
+* ``--only kodak24``: the kodim23 comparison on every Kodak image (``--kodak24-repeats`` runs each);
 * under load: two identical CLI round trips of 2,000 MNIST digits started together, against one
   alone.
 
@@ -89,8 +90,7 @@ def api_rates(repeats: int) -> dict:
     return out
 
 
-def kodak_vs_jxl(tmp: Path, repeats: int, threads: int) -> dict:
-    src = DATA / "kodak" / "kodim23.png"
+def kodak_vs_jxl(tmp: Path, repeats: int, threads: int, src: Path = DATA / "kodak" / "kodim23.png") -> dict:
     bbc, out = tmp / "k.bbc", tmp / "k.png"
     t = ["--threads", threads]
     comp = wall(cli(*t, "compress", "-f", src, "-o", bbc), repeats)
@@ -104,6 +104,20 @@ def kodak_vs_jxl(tmp: Path, repeats: int, threads: int) -> dict:
         row["djxl_s"] = wall(["djxl", tmp / "k.jxl", tmp / "k2.png"], repeats)
         row["cjxl_bytes"] = (tmp / "k.jxl").stat().st_size
     return row
+
+
+def kodak24(tmp: Path, repeats: int, threads: int) -> dict:
+    """:func:`kodak_vs_jxl` on each of the 24 Kodak images, and the medians and maxima."""
+    rows = {}
+    for src in sorted((DATA / "kodak").glob("kodim*.png")):
+        rows[src.stem] = kodak_vs_jxl(tmp, repeats, threads, src)
+        print(" ", src.stem, {k: round(v, 2) for k, v in rows[src.stem].items() if k.endswith("_s")}, flush=True)
+    summary = {}
+    for key in ("bbcodec_compress_s", "bbcodec_decompress_s", "cjxl_e7_compress_s", "djxl_s"):
+        values = [r[key] for r in rows.values() if key in r]
+        if values:
+            summary[key] = {"median": statistics.median(values), "max": max(values)}
+    return {"images": rows, "summary": summary}
 
 
 def under_load(tmp: Path, threads) -> dict:
@@ -133,7 +147,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="bbcodec --threads for the timed CLI runs")
-    ap.add_argument("--only", nargs="*", default=["mnist", "rates", "kodak", "load"])
+    ap.add_argument("--only", nargs="*", default=["mnist", "rates", "kodak", "load"],
+                    help="parts to run (also: kodak24, every Kodak image by the CLI against cjxl)")
+    ap.add_argument("--kodak24-repeats", type=int, default=1, help="runs per image for kodak24")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not DATA.exists():
@@ -151,6 +167,9 @@ def main():
         if "kodak" in args.only:
             results["kodim23"] = kodak_vs_jxl(tmp, args.repeats, args.threads)
             print("kodim23:", results["kodim23"], flush=True)
+        if "kodak24" in args.only:
+            results["kodak24"] = kodak24(tmp, args.kodak24_repeats, args.threads)
+            print("Kodak 24:", results["kodak24"]["summary"], flush=True)
         if "load" in args.only:
             os.environ.pop("BBCODEC_THREADS", None)
             results["under_load"] = under_load(tmp, None)
