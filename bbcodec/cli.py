@@ -139,14 +139,16 @@ def run() -> None:
     torch is loaded, an exit that skips the interpreter's teardown, which spends 0.5-0.8 s here
     freeing torch's modules and libraries. By then every output is written, renamed into place and
     closed; standard output and error are flushed here. A process that started worker processes
-    (``--jobs``) exits the normal way, which waits for them and frees what it shares with them."""
+    (``--jobs``) or joined a process group (``torchrun``) exits the normal way, which waits for
+    the others and frees what it shares with them."""
     try:
         main()
         code = 0
     except SystemExit as exc:
         code = exc.code
-    parallel = sys.modules.get("bbcodec.parallel")
-    if "torch" not in sys.modules or (parallel is not None and parallel.workers_started()):
+    parallel, dist = sys.modules.get("bbcodec.parallel"), sys.modules.get("torch.distributed")
+    if ("torch" not in sys.modules or (parallel is not None and parallel.workers_started())
+            or (dist is not None and dist.is_available() and dist.is_initialized())):
         sys.exit(code)
     if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python prints it
         print(code, file=sys.stderr)
