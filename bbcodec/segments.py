@@ -68,21 +68,23 @@ def encode_segments(segments: list[Segment], chunk: int = 0, progress=None) -> t
     with torch.inference_mode():
         for codec, units, given in segments:
             start, n = 0, len(units)
-            while start < n:
-                lanes = msg.lane_shape[0]
-                batch = fixed[len(plan)] if fixed else next_batch(msg.content_bits(), n - start, lanes, prev,
-                                                                  codec.params)
-                if batch.lanes > lanes:
-                    msg.grow((batch.lanes,))
-                part = slice(start, start + batch.units)
-                coder = codec._batch_codec(batch.units, batch.bits_back,
-                                           None if given is None else given[part].to(torch.int64))
-                coder.push(msg, units[part].to(torch.int64))
-                plan.append(batch)
-                start += batch.units
-                prev = batch.units
-                if progress:
-                    progress(batch.units)
+            units = units.to(torch.int64)  # once: the batches are views of it
+            with codec.posteriors_ahead(units):
+                while start < n:
+                    lanes = msg.lane_shape[0]
+                    batch = fixed[len(plan)] if fixed else next_batch(msg.content_bits(), n - start, lanes, prev,
+                                                                      codec.params)
+                    if batch.lanes > lanes:
+                        msg.grow((batch.lanes,))
+                    part = slice(start, start + batch.units)
+                    coder = codec._batch_codec(batch.units, batch.bits_back,
+                                               None if given is None else given[part].to(torch.int64))
+                    coder.push(msg, units[part])
+                    plan.append(batch)
+                    start += batch.units
+                    prev = batch.units
+                    if progress:
+                        progress(batch.units)
     stored = plan_to_bytes(plan) if fixed is None else b""
     stats = CodingStats(bits=msg.bits(), initial_bits=msg.initial_bits,
                         head_bits=msg.bits() - 32 * msg.stream_words, lanes=msg.lane_shape[0],

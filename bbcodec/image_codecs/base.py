@@ -9,6 +9,7 @@ so decoding reproduces the encoder's integers on any machine and thread count.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -92,6 +93,12 @@ class BatchedImageCodec:
             self._batch_codec(n, bits_back=False).push(msg, x.to(torch.int64))
             plain = msg.content_bits()
         return {"bits_per_image": bits, "pop_bits_per_image": pop / n, "plain_bits_per_image": plain / n}
+
+    def posteriors_ahead(self, units: torch.Tensor):
+        """A context while ``units`` (int64, the segment being encoded) are pushed in batches that
+        are runs of its rows: codecs whose posterior does not depend on the message may compute it
+        ahead there, in another thread. The default computes nothing ahead."""
+        return contextlib.nullcontext()
 
     def _batch_codec(self, size: int, bits_back: bool = True, given=None) -> C.Codec:
         """A codec for a batch of ``size`` images: one bits-back step, or with ``bits_back=False``

@@ -33,6 +33,10 @@ class ProtocolCodec(BatchedImageCodec):
     def _posterior(self, x):
         return self._layers(lambda k, above: self.model.posterior(x, k, above))
 
+    def posteriors_ahead(self, units):
+        ahead = getattr(self.model, "posteriors_ahead", None)
+        return ahead(units, self.params.batch) if ahead is not None else super().posteriors_ahead(units)
+
     def _likelihood(self, z, given=None):
         if given is None:
             lik = self.model.likelihood(list(z))
