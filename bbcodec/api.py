@@ -184,26 +184,24 @@ class _BackgroundZlib:
     BLOCK = 1 << 20
 
     def __init__(self, payload: bytes):
-        self.payload, self.give_up_above, self._packed = payload, None, None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.payload, self.give_up_above = payload, None
+        self._task = _Background(self._run)
 
-    def _run(self):
+    def _run(self) -> bytes | None:
         z, out, size = zlib.compressobj(9), [], 0
         view = memoryview(self.payload)
         for lo in range(0, len(view), self.BLOCK):
             out.append(z.compress(view[lo: lo + self.BLOCK]))
             size += len(out[-1])
             if self.give_up_above is not None and size > self.give_up_above:
-                return
+                return None
         out.append(z.flush())
-        self._packed = b"".join(out)
+        return b"".join(out)
 
     def packed(self, give_up_above: int | None = None) -> bytes | None:
         """The compressed payload, or None if it came out longer than ``give_up_above``."""
         self.give_up_above = give_up_above
-        self._thread.join()
-        return self._packed
+        return self._task.result()
 
 
 def _coded_or_stored(f: ImageFile, payload: bytes, payload_sha: str, model, coding, chunk, progress,

@@ -58,7 +58,7 @@ def _load_registries() -> None:
     try:
         cpu_target.target_context.refresh()
     finally:
-        if hide and "scipy.linalg" in sys.modules and sys.modules["scipy.linalg"] is None:
+        if hide and sys.modules.get("scipy.linalg", False) is None:
             del sys.modules["scipy.linalg"]
     _REGISTRIES_LOADED.append(True)
 

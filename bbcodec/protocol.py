@@ -11,6 +11,11 @@ more layers, each quantised to ``2**latent_bits`` bins per dimension; layer 0 is
     negative_elbo(x, generator) -> {"kl_bits": (N,), "nll_bits": (N,)}  float64 tensors; latent
                                                  # samples drawn from the seeded ``generator``
 
+Optionally, ``posteriors_ahead(units, batch)`` returns a context in which the encoder pushes
+``units`` (int64, a run of images) in batches that are views of its rows: a model whose posterior
+does not depend on the message may compute it there ahead, in another thread (the built-in
+hierarchical model does; see ``bbcodec.image_codecs.hierarchical``).
+
 ``x`` is an int64 tensor ``(N, *image_shape)`` of pixel values (0..255, or 0/1 for binary
 models); ``above`` is the list of bin-index tensors ``(N, *latent_shapes[k])`` of the layers
 before ``layer``; ``latents`` is the list of all of them. Entropy models have batch shape

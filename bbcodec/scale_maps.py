@@ -132,8 +132,8 @@ def choose_level_maps(model, segments, levels: list[int], n_levels: int) -> tupl
     :class:`~bbcodec.segments.Segment` of a tiled codec; ``levels``: the level of each).
 
     Each level's sample and each group's search is a task for :data:`ADAPT_THREADS` threads (torch
-    and its kernels release the GIL): on two free cores a Kodak image's maps take about 0.6 s
-    instead of 1.1 s. The choice does not depend on it."""
+    and its kernels release the GIL): on two cores a Kodak image's maps took 0.80 s instead of
+    1.09 s (medians of 10). The choice does not depend on it."""
     level_pixels = [0] * n_levels
     for seg, k in zip(segments, levels):
         level_pixels[k] += seg.units[:, 0].numel()
