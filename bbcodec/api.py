@@ -32,6 +32,7 @@ from .parallel import resolve_jobs, workers_for
 from .protocol import default_coding, is_protocol_model
 from .registry import architecture
 from .segments import ELBO_SEED
+from .threads import coding_threads
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
@@ -533,6 +534,6 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
         "encode_images_per_s": len(images) / t_enc,
         "decode_images_per_s": len(images) / t_dec,
         "encode_seconds": t_enc, "decode_seconds": t_dec,
-        "threads": torch.get_num_threads(), "jobs": used,
+        "threads": max(torch.get_num_threads(), coding_threads()), "jobs": used,
         "coding": {**params, **layout.options.to_dict()},
     }

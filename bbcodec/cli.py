@@ -117,9 +117,10 @@ class _Group(click.Group):
 @click.version_option(package_name="bbcodec")
 @click.option("-v", "--verbose", is_flag=True, help="more detail, and tracebacks of internal errors")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads for the networks (default: half the CPUs this process may use, 1 to 8; "
-                   "BBCODEC_THREADS also sets it); results do not depend on it")
-def main(verbose, threads):
+              help="CPU threads for the networks (default: the CPUs this process may use, 1 to 8, and half "
+                   "of them for `train`; BBCODEC_THREADS also sets it); results do not depend on it")
+@click.pass_context
+def main(ctx, verbose, threads):
     """bbcodec: lossless compression by bits-back coding with VAEs.
 
     FILE "-" is standard input (output then goes to standard output); -c writes to standard output.
@@ -128,7 +129,7 @@ def main(verbose, threads):
     _VERBOSE = verbose
     from .threads import configure
 
-    configure(threads)
+    configure(threads, training=ctx.invoked_subcommand == "train")
 
 
 cli = main  # the click group (see _Group.main for what running it standalone does)

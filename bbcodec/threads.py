@@ -1,20 +1,32 @@
-"""How many threads torch may use, chosen before torch is imported.
+"""How many threads compute the networks, chosen before torch is imported.
 
-The default is half the CPUs this process may run on (its affinity), at least 1 and at most 8;
-``--threads N`` (or ``BBCODEC_THREADS``) overrides it. Why half: OpenMP threads spin while they
-wait, so two processes that each use every core slow each other down far more than twofold.
-Measured on a 2-core machine, a round trip of 2,000 MNIST digits took 7.2 s alone with 2 threads
-but 30.3 s when two ran at once (4.2x); with 1 thread, 8.9 s alone and 9.0 s two at once; with 2
-threads that sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), 12.0 s alone. Nothing here
-changes results: decoding is exact whatever the thread count.
+``--threads N`` (or ``BBCODEC_THREADS``) sets N; the default is every CPU this process may run
+on (its affinity), at most 8. Nothing here changes results: decoding is exact whatever the
+thread count.
+
+* **Coding** (the exact networks of :mod:`bbcodec.models.fixedpoint`, on the CPU): torch itself
+  runs one thread, and each large product is split into N blocks, one per thread of a small pool
+  (:func:`split_pool`) whose idle threads *sleep*. Why not torch's own threads: OpenMP threads
+  spin while they wait, so two processes that each use every core slow each other down far more
+  than twofold. Measured on a 2-core machine, a round trip of 2,000 MNIST digits took 7.2 s alone
+  with 2 OpenMP threads but 30.3 s when two ran at once (4.2x); with 1 thread, 8.9 s alone and
+  9.0 s two at once; with 2 OpenMP threads that sleep instead of spinning
+  (``OMP_WAIT_POLICY=PASSIVE``), 12.0 s alone, because every small operation then wakes them.
+  The pool splits only products big enough to pay for the wake-up.
+* **Training** (float32, autograd): torch's threads, N where given, else half the CPUs (1 to 8):
+  the spinning cost above, and a second training on the same machine is common.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 
 MAX_DEFAULT = 8
+_coding_threads: int | None = None  # set by configure(); None: not configured (API use)
+_pool = None
+_pool_lock = threading.Lock()
 
 
 def available_cpus() -> int:
@@ -24,14 +36,117 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def configure(threads: int | None = None) -> int:
-    """Set the thread count (``None``: ``BBCODEC_THREADS``, else the default) for torch, which
-    must not be imported yet for the OpenMP settings to apply; returns the count."""
+def _requested(threads: int | None) -> int | None:
     if threads is None:
         env = os.environ.get("BBCODEC_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else max(1, min(MAX_DEFAULT, available_cpus() // 2))
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:  # too late for the environment: tell torch directly
-        sys.modules["torch"].set_num_threads(threads)
+        threads = int(env) if env.isdigit() and int(env) > 0 else None
     return threads
+
+
+def configure(threads: int | None = None, training: bool = False) -> int:
+    """Set the thread count (``None``: ``BBCODEC_THREADS``, else the default) before torch is
+    imported, for coding or (``training``) for training; returns the count of threads that
+    compute the networks."""
+    global _coding_threads
+    requested = _requested(threads)
+    n = requested or max(1, min(MAX_DEFAULT, available_cpus()))
+    torch_threads = (requested or max(1, min(MAX_DEFAULT, available_cpus() // 2))) if training else 1
+    _coding_threads = torch_threads if training else n
+    os.environ["OMP_NUM_THREADS"] = str(torch_threads)
+    os.environ["MKL_NUM_THREADS"] = str(torch_threads)
+    if "torch" in sys.modules:  # too late for the environment: tell torch directly
+        sys.modules["torch"].set_num_threads(torch_threads)
+    return torch_threads if training else n
+
+
+def coding_threads() -> int:
+    """Threads the exact networks split a large product over: :func:`configure`'s count, and 1
+    where torch runs several threads itself (the API without :func:`configure`, or a caller's
+    ``torch.set_num_threads``), whose own pool then parallelises each product."""
+    torch = sys.modules.get("torch")
+    if _coding_threads is None or (torch is not None and torch.get_num_threads() > 1):
+        return 1
+    return _coding_threads
+
+
+class _SplitPool:
+    """``size`` daemon threads, each serving its own queue; they sleep in the queue while idle.
+    Leaner than ``concurrent.futures`` here: a split costs about one thread wake-up (45 us round
+    trip on the 2-core machine, against 130 us through a ``ThreadPoolExecutor``)."""
+
+    def __init__(self, size: int):
+        import queue
+
+        self.size, self.pid = size, os.getpid()
+        self.inboxes = [queue.SimpleQueue() for _ in range(size)]
+        for k, inbox in enumerate(self.inboxes):
+            threading.Thread(target=self._serve, args=(inbox,), name=f"bbcodec-split-{k}", daemon=True).start()
+
+    @staticmethod
+    def _serve(inbox) -> None:
+        import torch
+
+        _local.in_pool = True
+        modes, guard = None, None
+        while True:
+            work, block, wanted, done, errors = inbox.get()
+            try:
+                if wanted != modes:  # autograd's modes are per thread: take the caller's, and keep them
+                    if guard is not None:
+                        guard.__exit__(None, None, None)
+                    guard = torch.inference_mode(wanted[0])
+                    guard.__enter__()
+                    torch.set_grad_enabled(wanted[1])
+                    modes = wanted
+                work(*block)
+            except BaseException as exc:  # handed to the caller
+                errors.append(exc)
+            finally:
+                done.release()
+
+    def run(self, blocks, work) -> None:
+        import torch
+
+        wanted = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        errors, pending = [], []
+        for inbox, block in zip(self.inboxes, blocks[1:]):
+            done = threading.Lock()
+            done.acquire()
+            inbox.put((work, block, wanted, done, errors))
+            pending.append(done)
+        try:
+            for block in blocks[1 + len(pending):]:  # more blocks than threads: the caller's
+                work(*block)
+            work(*blocks[0])
+        finally:
+            for done in pending:  # none may outlive the call: they write into the caller's tensors
+                done.acquire()
+        if errors:
+            raise errors[0]
+
+
+_local = threading.local()
+
+
+def split_pool() -> _SplitPool | None:
+    """The shared pool of ``coding_threads() - 1`` sleeping threads (the caller computes one block
+    itself), or ``None`` for one thread and inside the pool's own threads."""
+    global _pool
+    n = coding_threads() - 1
+    if n < 1 or getattr(_local, "in_pool", False):
+        return None
+    with _pool_lock:
+        if _pool is None or _pool.size != n or _pool.pid != os.getpid():  # a forked child has no threads
+            _pool = _SplitPool(n)
+        return _pool
+
+
+def run_blocks(blocks, work) -> None:
+    """Call ``work(*block)`` for every block, spread over :func:`split_pool` (the first block on
+    the calling thread), and return once all are done; the first exception is raised."""
+    pool = split_pool() if len(blocks) > 1 else None
+    if pool is None:
+        for block in blocks:
+            work(*block)
+        return
+    pool.run(blocks, work)

@@ -20,12 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..threads import coding_threads, run_blocks
+
 ACT_BITS = 12  # activations are multiples of 2**-12
 WEIGHT_BITS = 12  # weights are multiples of 2**-12
 ACT_LIMIT = float(1 << 24)  # |activation| < 2**12 (in units: < 2**24)
 WEIGHT_LIMIT = float(1 << 16)  # |weight| < 16 (in units: < 2**16)
 MAX_FAN_IN = 1 << 11
 NARROW = 16  # linear layers of at most this many outputs are computed transposed on the CPU
+SPLIT_MACS = 1 << 22  # products of at least this many multiply-adds are split over the coding threads
 
 
 class Numerics:
@@ -110,13 +113,26 @@ class ExactNumerics(Numerics):
 
     def linear(self, layer, x, relu=False):
         w, b = self._weights(layer)
-        if w.shape[1] <= NARROW and x.dim() == 2 and x.device.type == "cpu":
-            # a narrow layer's transpose, out x rows: BLAS runs this shape about twice as fast on
-            # the CPU (48 -> 14 outputs: 7 -> 13 GMAC/s), and the exact sums are the same
-            y = (torch.addmm(b.reshape(-1, 1), w.t(), x.t()) if b is not None else w.t() @ x.t()).t()
-        else:
+        low = 0.0 if relu else -ACT_LIMIT + 1
+        if x.dim() != 2 or x.device.type != "cpu":
             y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
-        return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
+            return y.round_().clamp_(low, ACT_LIMIT - 1)
+        narrow = w.shape[1] <= NARROW
+        # a narrow layer's transpose, out x rows: BLAS runs this shape about twice as fast on the
+        # CPU (48 -> 14 outputs: 7 -> 13 GMAC/s), and the exact sums are the same
+        y_t = x.new_empty(w.shape[1], x.shape[0]) if narrow else None
+        y = y_t.t() if narrow else x.new_empty(x.shape[0], w.shape[1])
+
+        def rows(lo, hi):
+            if narrow:
+                out, left, right, bias = y_t[:, lo:hi], w.t(), x[lo:hi].t(), None if b is None else b.reshape(-1, 1)
+            else:
+                out, left, right, bias = y[lo:hi], x[lo:hi], w, b
+            torch.addmm(bias, left, right, out=out) if bias is not None else torch.mm(left, right, out=out)
+            out.round_().clamp_(low, ACT_LIMIT - 1)
+
+        run_blocks(split(x.shape[0], x.shape[0] * w.numel()), rows)
+        return y
 
     def conv(self, layer, x, relu=False):
         w, b = self._weights(layer)
@@ -155,7 +171,8 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
     """A stride-1 convolution as one batched matrix product per kernel tap, accumulated in place:
     with each padded image flattened, a tap's inputs are one contiguous slice (outputs are computed
     on the padded width and the extra columns dropped), so nothing is copied per tap. About twice
-    as fast as torch's float64 convolution here; exact like it."""
+    as fast as torch's float64 convolution here; exact like it. Large ones are split over the
+    coding threads (:func:`split`) by images, or by output columns where there are too few."""
     n, c, h, wd = x.shape
     out = w.shape[1]
     kh, kw = weight_shape[-2:]
@@ -165,14 +182,36 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
     flat = F.pad(x, (pw, pw, ph, ph)).reshape(n, c, hp * wp)
     cols = hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
     taps = w.t().reshape(out, c, kh, kw)
-    y = (b.reshape(1, out, 1).expand(n, out, cols).clone() if b is not None
-         else x.new_zeros(n, out, cols))
-    for i in range(kh):
-        for j in range(kw):
-            shift = i * dh * wp + j * dw
-            y.baddbmm_(taps[:, :, i, j].expand(n, out, c), flat[:, :, shift: shift + cols])
+    y = x.new_empty(n, out, cols)
+
+    def accumulate(ys, inputs, lo, hi):
+        if b is not None:
+            ys.copy_(b.reshape(1, out, 1).expand_as(ys))
+        else:
+            ys.zero_()
+        for i in range(kh):
+            for j in range(kw):
+                shift = i * dh * wp + j * dw
+                ys.baddbmm_(taps[:, :, i, j].expand(ys.shape[0], out, c), inputs[:, :, shift + lo: shift + hi])
+
+    blocks = split(cols, n * cols * w.numel())
+    if len(blocks) <= n:
+        run_blocks(split(n, n * cols * w.numel()), lambda lo, hi: accumulate(y[lo:hi], flat[lo:hi], 0, cols))
+    else:
+        run_blocks(blocks, lambda lo, hi: accumulate(y[:, :, lo:hi], flat, lo, hi))
     y = F.pad(y, (0, hp * wp - cols)).reshape(n, out, hp, wp)[:, :, :oh, :ow]
     return y.contiguous()
+
+
+def split(length: int, macs: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` blocks of ``range(length)`` for a product of ``macs`` multiply-adds: one per
+    coding thread where it reaches :data:`SPLIT_MACS`, else a single block. The blocks change no
+    result: every sum is exact whatever the shapes."""
+    parts = min(coding_threads(), macs // SPLIT_MACS, length) if macs >= 2 * SPLIT_MACS else 1
+    if parts <= 1:
+        return [(0, length)]
+    edges = [length * k // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:

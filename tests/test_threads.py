@@ -1,0 +1,137 @@
+"""The coding threads: large exact products split over a pool of sleeping threads change no bit."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bbcodec import threads
+from bbcodec.coding_params import CodingParams
+from bbcodec.image_codecs import ContextVAECodec, HierarchicalVAECodec
+from bbcodec.models import fixedpoint
+from helpers import sample_images, tiny_colour_model, tiny_model
+
+
+@pytest.fixture
+def split_threads(monkeypatch):
+    """Every product of at least 64 multiply-adds is split over ``n`` threads; returns a list that
+    records each split's blocks."""
+    splits = []
+    run = threads.run_blocks
+
+    def recording(blocks, work):
+        if len(blocks) > 1:
+            splits.append(blocks)
+        return run(blocks, work)
+
+    monkeypatch.setattr(fixedpoint, "SPLIT_MACS", 32)
+    monkeypatch.setattr(fixedpoint, "run_blocks", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as configure() leaves it for coding
+
+    def use(n):
+        monkeypatch.setattr(threads, "_coding_threads", n)
+        splits.clear()
+        return splits
+    yield use
+    monkeypatch.setattr(threads, "_coding_threads", None)
+    torch.set_num_threads(before)
+
+
+def _layers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-4096, 4096, (37, 24), generator=g).double()
+    images = torch.randint(-4096, 4096, (3, 6, 9, 7), generator=g).double()
+    one = torch.randint(-4096, 4096, (1, 6, 9, 7), generator=g).double()
+    torch.manual_seed(1)
+    wide, narrow, plain = nn.Linear(24, 40), nn.Linear(24, 5), nn.Linear(24, 30, bias=False)
+    conv, conv_plain = nn.Conv2d(6, 8, 3, padding=1), nn.Conv2d(6, 4, (3, 1), padding=(2, 0), dilation=(2, 1), bias=False)
+    return lambda num: [num.linear(wide, x, relu=True), num.linear(narrow, x), num.linear(plain, x),
+                        num.conv(conv, images, relu=True), num.conv(conv, one), num.conv(conv_plain, images),
+                        num.conv(conv_plain, one)]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_split_products_are_identical(split_threads, n):
+    evaluate = _layers()
+    one = evaluate(fixedpoint.ExactNumerics())
+    splits = split_threads(n)
+    with torch.inference_mode():  # the pool's threads take the caller's autograd modes
+        many = evaluate(fixedpoint.ExactNumerics())
+    assert all(torch.equal(a, b) for a, b in zip(one, many))
+    assert len(splits) == len(one) and all(len(b) == n for b in splits)
+    # the batched convolutions split by images, the single image by output columns
+    assert splits[3][-1][1] == 3 and splits[4][-1][1] > 3
+
+
+def test_split_codecs_give_the_same_bytes(split_threads):
+    x = torch.randint(0, 256, (9, 3, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    colour = HierarchicalVAECodec(tiny_colour_model(), CodingParams(batch=4, lanes_per_image=16, initial_lanes=8,
+                                                                    bits_per_image=800))
+    mnist = ContextVAECodec(tiny_model("uint8", seed=5), CodingParams(batch=8, lanes_per_image=49, initial_lanes=16))
+    digits = sample_images(12)
+    single = colour.encode(x)[0], mnist.encode(digits)[0]
+    splits = split_threads(2)
+    assert colour.encode(x)[0] == single[0] and mnist.encode(digits)[0] == single[1]
+    assert torch.equal(colour.decode(single[0], len(x)), x) and torch.equal(mnist.decode(single[1], 12), digits)
+    assert splits
+
+
+def test_pool_raises_the_blocks_error_and_stays_usable(split_threads):
+    split_threads(2)
+    names = []
+
+    def work(lo, hi):
+        names.append(threading.current_thread().name)
+        if lo:
+            raise ValueError("block failed")
+
+    with pytest.raises(ValueError, match="block failed"):
+        threads.run_blocks([(0, 1), (1, 2)], work)
+    assert any(name.startswith("bbcodec-split") for name in names)
+    done = []
+    # a block that splits again runs its blocks itself: the pool's threads never wait on the pool
+    threads.run_blocks([(0, 1), (1, 2)], lambda lo, hi: threads.run_blocks([(0, 1), (1, 2)], lambda a, b: done.append(a)))
+    assert sorted(done) == [0, 0, 1, 1]
+
+
+def test_one_coding_thread_where_torch_runs_several(monkeypatch):
+    monkeypatch.setattr(threads, "_coding_threads", 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert threads.coding_threads() == 1 and threads.split_pool() is None
+    finally:
+        torch.set_num_threads(before)
+        monkeypatch.setattr(threads, "_coding_threads", None)
+
+
+CONFIGURE = r"""
+import sys
+from bbcodec import threads
+n = threads.configure(int(sys.argv[1]) if sys.argv[1] != "-" else None, training=sys.argv[2] == "train")
+import torch
+print(n, torch.get_num_threads(), threads.coding_threads())
+"""
+
+
+ALL = max(1, min(8, threads.available_cpus()))
+HALF = max(1, min(8, threads.available_cpus() // 2))
+
+
+@pytest.mark.parametrize("threads_arg, mode, expected", [
+    ("2", "code", (2, 1, 2)),  # coding: torch runs one thread, the exact products split over 2
+    ("2", "train", (2, 2, 1)),  # training: torch's own threads (no split then)
+    ("-", "code", (ALL, 1, ALL)),
+    ("-", "train", (HALF, HALF, 1 if HALF > 1 else HALF)),
+])
+def test_configure_before_torch(threads_arg, mode, expected):
+    """(configure's count, torch's threads, coding threads) in a fresh process."""
+    r = subprocess.run([sys.executable, "-c", CONFIGURE, threads_arg, mode], capture_output=True, text=True,
+                       env={**os.environ, "BBCODEC_THREADS": ""})
+    assert r.returncode == 0, r.stderr
+    assert tuple(map(int, r.stdout.split())) == expected
