@@ -114,11 +114,13 @@ class _SplitPool:
             done.acquire()
             inbox.put((work, block, wanted, done, errors))
             pending.append(done)
+        _local.in_pool = True  # the caller's block splits no further: the pool is busy with the others
         try:
             for block in blocks[1 + len(pending):]:  # more blocks than threads: the caller's
                 work(*block)
             work(*blocks[0])
         finally:
+            _local.in_pool = False
             for done in pending:  # none may outlive the call: they write into the caller's tensors
                 done.acquire()
         if errors:

@@ -9,7 +9,8 @@
 * under load: two identical CLI round trips of 2,000 MNIST digits started together, against one
   alone.
 
-Every figure is the median of ``--repeats`` runs. Run on a quiet machine (nothing else running).
+Every figure is the median of ``--repeats`` runs, with bbcodec's default threads unless
+``--threads`` is given (the in-process parts too). Run on a quiet machine (nothing else running).
 
     python bench/speed.py --json bench/results/speed.json
 """
@@ -53,7 +54,7 @@ def mnist_vs_xz(tmp: Path, repeats: int, threads: int) -> dict:
     raw = tmp / "t10k-images-idx3-ubyte"
     raw.write_bytes(gzip.decompress((DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()))
     bbc, out = tmp / "t10k.bbc", tmp / "t10k.out"
-    t = ["--threads", threads]
+    t = [] if threads is None else ["--threads", threads]
     comp = wall(cli(*t, "compress", "-f", raw, "-o", bbc), repeats)
     decomp = wall(cli(*t, "decompress", "-f", bbc, "-o", out), repeats)
     assert same_file(raw, out)
@@ -92,7 +93,7 @@ def api_rates(repeats: int) -> dict:
 
 def kodak_vs_jxl(tmp: Path, repeats: int, threads: int, src: Path = DATA / "kodak" / "kodim23.png") -> dict:
     bbc, out = tmp / "k.bbc", tmp / "k.png"
-    t = ["--threads", threads]
+    t = [] if threads is None else ["--threads", threads]
     comp = wall(cli(*t, "compress", "-f", src, "-o", bbc), repeats)
     decomp = wall(cli(*t, "decompress", "-f", bbc, "-o", out), repeats)
     from PIL import Image
@@ -146,7 +147,8 @@ def under_load(tmp: Path, threads) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="bbcodec --threads for the timed CLI runs")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="bbcodec --threads for every timed run [default: bbcodec's default]")
     ap.add_argument("--only", nargs="*", default=["mnist", "rates", "kodak", "load"],
                     help="parts to run (also: kodak24, every Kodak image by the CLI against cjxl)")
     ap.add_argument("--kodak24-repeats", type=int, default=1, help="runs per image for kodak24")
@@ -154,8 +156,12 @@ def main():
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"data not found under {DATA}")
-    os.environ.setdefault("BBCODEC_THREADS", str(args.threads))
-    results = {"repeats": args.repeats, "cpus": os.cpu_count()}
+    from bbcodec.threads import configure
+
+    if args.threads is not None:
+        os.environ["BBCODEC_THREADS"] = str(args.threads)
+    threads = configure(args.threads)  # before torch is imported, for the in-process parts
+    results = {"repeats": args.repeats, "cpus": os.cpu_count(), "threads": threads}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "mnist" in args.only:
@@ -171,8 +177,7 @@ def main():
             results["kodak24"] = kodak24(tmp, args.kodak24_repeats, args.threads)
             print("Kodak 24:", results["kodak24"]["summary"], flush=True)
         if "load" in args.only:
-            os.environ.pop("BBCODEC_THREADS", None)
-            results["under_load"] = under_load(tmp, None)
+            results["under_load"] = under_load(tmp, args.threads)
             print("under load:", results["under_load"], flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

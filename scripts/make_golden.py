@@ -73,13 +73,15 @@ def _commit() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
-def add_file(out: Path, like: str, note: str) -> None:
+def add_file(out: Path, like: str, note: str, model: str | None = None) -> None:
     """Append to ``out``'s manifest a file coded by the current code as the row whose ``.bbc`` is
-    ``like`` was (same original, model and options), for a coding change that the older file
-    does not exercise: it keeps decoding, and the new file guards the new path."""
+    ``like`` was (same original, model and options; ``model``: another model instead), for a
+    coding change or a new model that the older file does not exercise: it keeps decoding, and the
+    new file guards the new path."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text())
     row = next(r for r in manifest["files"] if r["bbc"] == like)
+    row = {**row, "model": model or row["model"]}
     taken = {r["bbc"] for r in manifest["files"]}
     stem = f"{row['original']}.{row['model']}" + (".fallback" if row["fallback"] else "")
     bbc = next(out / f"{stem}.{k}.bbc" for k in range(2, 1000) if f"{stem}.{k}.bbc" not in taken)
@@ -106,10 +108,11 @@ def main():
     ap.add_argument("--add", nargs=2, metavar=("LIKE", "NOTE"),
                     help="append one file to an existing manifest instead: the original of its row whose "
                     ".bbc is LIKE, coded by the current code with that row's model and options")
+    ap.add_argument("--model", help="with --add: code it with this embedded model instead of the row's")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.add:
-        return add_file(args.out, *args.add)
+        return add_file(args.out, *args.add, model=args.model)
     rows = originals(args.out)
     if args.format >= 2:  # the model's coding of each, and the zlib fallback where it wins by default
         rows = [{**r, "fallback": False} for r in rows] + [

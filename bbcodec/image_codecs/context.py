@@ -37,11 +37,11 @@ class ContextVAEBitsBack(BitsBackModel):
                     raise ValueError(f"pack={pack} does not divide the group size {n}")
 
     def posterior(self, x, layer, above):
-        mean, log_scale = self.net.posterior(x, self.num)
+        mean, log_scale = self.num.by_rows(lambda rows: self.net.posterior(rows, self.num), x)
         return em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.latent_bits, precision=self.precision)
 
     def _group_codec(self, g, feats, previous):
-        raw = self.net.head(g, feats, previous, self.num)
+        raw = self.num.by_rows(lambda f, prev: self.net.head(g, f, prev, self.num), feats, tuple(previous))
         if self.binary:
             pack = self.pack
             model = self.net.likelihood.packed_model(raw, pack)
@@ -50,7 +50,8 @@ class ContextVAEBitsBack(BitsBackModel):
         return C.Spread(self.net.likelihood.entropy_model(raw, self.precision))
 
     def likelihood(self, latents):
-        feats = self.net.features(to_grid(em.bin_centres(latents[0], self.latent_bits)), self.num)
+        z = to_grid(em.bin_centres(latents[0], self.latent_bits))
+        feats = self.num.by_rows(lambda rows: self.net.features(rows, self.num), z)
         groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev), self.net.groups)
         return C.Transform(groups, self.net.split_groups, self.net.join_groups)
 

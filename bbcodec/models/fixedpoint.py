@@ -54,6 +54,11 @@ class Numerics:
         """The real values of activations (float32 for training, exact float64 for coding)."""
         raise NotImplementedError
 
+    def by_rows(self, fn, *args):
+        """``fn(*args)`` for a network whose every row (dim 0 of each tensor argument, or of each
+        tensor in a tuple argument) is computed independently: here, one call."""
+        return fn(*args)
+
 
 class FloatNumerics(Numerics):
     """Training numerics: plain float32 with autograd."""
@@ -144,6 +149,28 @@ class ExactNumerics(Numerics):
 
     def value(self, x):
         return x * (1.0 / (1 << ACT_BITS))
+
+    def by_rows(self, fn, *args):
+        """On the CPU with several coding threads, ``fn`` on one block of rows per thread (one
+        wake-up for a whole network instead of one per layer, and its gathers and copies split
+        too), the results (a tensor or a tuple of them) joined along dim 0. The same values: each
+        row's are exact whatever the batch."""
+        first = next(a if torch.is_tensor(a) else a[0] for a in args if torch.is_tensor(a) or isinstance(a, tuple))
+        parts = coding_threads() if first.device.type == "cpu" else 1
+        if parts < 2 or first.shape[0] < 2 * parts:
+            return fn(*args)
+        edges = [first.shape[0] * k // parts for k in range(parts + 1)]
+        results = [None] * parts
+
+        def rows(k):
+            cut = [a[edges[k]:edges[k + 1]] if torch.is_tensor(a) else
+                   tuple(t[edges[k]:edges[k + 1]] for t in a) if isinstance(a, tuple) else a for a in args]
+            results[k] = fn(*cut)
+
+        run_blocks([(k,) for k in range(parts)], rows)
+        if torch.is_tensor(results[0]):
+            return torch.cat(results)
+        return tuple(torch.cat(r) for r in zip(*results))
 
 
 def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1),
