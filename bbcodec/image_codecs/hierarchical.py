@@ -124,7 +124,7 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         """``q(z|x)``'s parameters, computed once for the two layers popped (or pushed) in turn."""
         if self._cached[0] is not x:
             ahead = self._ahead.rows(x) if self._ahead is not None else None
-            self._cached = (x, ahead if ahead is not None else self.net.posterior(x, self.num))
+            self._cached = (x, ahead if ahead is not None else self._posterior_of(x))
         return self._cached[1]
 
     @contextlib.contextmanager
@@ -135,15 +135,19 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         posteriors do not depend on the message. The exact networks compute every tile on its own,
         so the values are those of the batch's own call (the golden files check the bytes)."""
         with ThreadPoolExecutor(1) as pool:
-            self._ahead = _RowsAhead(units, max(1, batch), pool, lambda x: self.net.posterior(x, self.num))
+            self._ahead = _RowsAhead(units, max(1, batch), pool, self._posterior_of)
             try:
                 yield
             finally:
                 self._ahead.cancel()
                 self._ahead = None
 
+    def _posterior_of(self, x):
+        return self.num.by_rows(lambda rows: self.net.posterior(rows, self.num), x)
+
     def _prior1(self, z2_bins):
-        pm, log_ps = self.net.prior1(to_grid(em.bin_centres(z2_bins, self.latent_bits)), self.num)
+        z2 = to_grid(em.bin_centres(z2_bins, self.latent_bits))
+        pm, log_ps = self.num.by_rows(lambda rows: self.net.prior1(rows, self.num), z2)
         return pm, detmath.exp_scale(log_ps)
 
     def posterior(self, x, layer, above):
@@ -160,13 +164,15 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         if self.grey and group % channels:
             return _Copy(previous[group - group % channels])
         t = self.tile
-        raw = self.net.head(group, feats, self.net.known_from_parts(previous, t, t), t, t, self.num)
+        raw = self.num.by_rows(lambda f, prev: self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num),
+                               feats, tuple(previous))
         return C.Spread(self.net.likelihood.entropy_model(raw, self.precision, self.scale_maps[group]))
 
     def likelihood(self, latents, given=None):
         z2_bins, z1_bins = latents
         pm, ps = self._prior1(z2_bins)
-        feats = self.net.features(to_grid(em.bin_centres(z1_bins, self.latent_bits, pm, ps)), self.num)
+        z1 = to_grid(em.bin_centres(z1_bins, self.latent_bits, pm, ps))
+        feats = self.num.by_rows(lambda rows: self.net.features(rows, self.num), z1)
         given_parts = None if given is None else self.net.split_steps(given)
         groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev, given_parts), self.net.steps)
         return C.Transform(groups, self.net.split_steps, lambda parts: self.net.join_steps(parts, self.tile, self.tile))

@@ -153,7 +153,7 @@ class ExactNumerics(Numerics):
     def by_rows(self, fn, *args):
         """On the CPU with several coding threads, ``fn`` on one block of rows per thread (one
         wake-up for a whole network instead of one per layer, and its gathers and copies split
-        too), the results (a tensor or a tuple of them) joined along dim 0. The same values: each
+        too), the results (a tensor, or tuples of them, nested) joined along dim 0. The same values: each
         row's are exact whatever the batch."""
         first = next(a if torch.is_tensor(a) else a[0] for a in args if torch.is_tensor(a) or isinstance(a, tuple))
         parts = coding_threads() if first.device.type == "cpu" else 1
@@ -168,9 +168,14 @@ class ExactNumerics(Numerics):
             results[k] = fn(*cut)
 
         run_blocks([(k,) for k in range(parts)], rows)
-        if torch.is_tensor(results[0]):
-            return torch.cat(results)
-        return tuple(torch.cat(r) for r in zip(*results))
+        return _join_rows(results)
+
+
+def _join_rows(parts: list):
+    """Per-block results (tensors, or equally nested tuples of them) joined along dim 0."""
+    if torch.is_tensor(parts[0]):
+        return torch.cat(parts)
+    return tuple(_join_rows(list(same)) for same in zip(*parts))
 
 
 def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1),
