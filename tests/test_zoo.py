@@ -10,7 +10,7 @@ from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
 from helpers import SAMPLES, sample_binary, sample_images
 
-EXPECTED = {"mnist-uint8", "mnist-binary", "cifar10-rgb", "photo-rgb", "photo-grey"}
+EXPECTED = {"mnist-uint8", "mnist-uint8-v2", "mnist-binary", "cifar10-rgb", "photo-rgb", "photo-grey"}
 
 
 def test_expected_models_are_embedded_with_cards():
@@ -30,7 +30,7 @@ def test_default_models_roundtrip_and_rate(kind):
     x = sample_images(60) if kind == "uint8" else sample_binary(60)
     data = api.compress_images(x)
     assert torch.equal(api.decompress_images(data), x)
-    loaded = load_model(f"mnist-{kind}")
+    loaded = load_model(api.MNIST_MODELS[kind])
     # the coding loss beyond the itemised overheads stays small even on a few images
     codec = make_codec(loaded)
     elbo = codec.negative_elbo(x)["bits"]
