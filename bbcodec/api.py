@@ -36,7 +36,7 @@ from .threads import coding_threads
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
-MNIST_MODELS = {"uint8": "mnist-uint8-v2", "binary": "mnist-binary"}  # the earlier mnist-* decode their files
+MNIST_MODELS = {"uint8": "mnist-uint8-v2", "binary": "mnist-binary-v2"}  # the earlier mnist-* decode their files
 COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
 PHOTO_MODEL = "photo-rgb"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
 GREY_PHOTO_MODEL = "photo-grey"  # greyscale photographs (a luminance model)

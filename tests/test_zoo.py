@@ -10,7 +10,7 @@ from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
 from helpers import SAMPLES, sample_binary, sample_images
 
-EXPECTED = {"mnist-uint8", "mnist-uint8-v2", "mnist-binary", "cifar10-rgb", "photo-rgb", "photo-grey"}
+EXPECTED = {"mnist-uint8", "mnist-uint8-v2", "mnist-binary", "mnist-binary-v2", "cifar10-rgb", "photo-rgb", "photo-grey"}
 
 
 def test_expected_models_are_embedded_with_cards():
