@@ -33,14 +33,10 @@ from .protocol import default_coding, is_protocol_model
 from .registry import architecture
 from .segments import ELBO_SEED
 from .threads import coding_threads
+from .zoo import COLOUR_MODEL, GREY_PHOTO_MODEL, MNIST_MODELS, PHOTO_MODEL, PHOTO_SIZE  # noqa: F401 (the defaults)
 from .zoo import embedded_models, load_model
 
 DEFAULT_CHUNK = 10_000
-MNIST_MODELS = {"uint8": "mnist-uint8-v2", "binary": "mnist-binary-v2"}  # the earlier mnist-* decode their files
-COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
-PHOTO_MODEL = "photo-rgb"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
-GREY_PHOTO_MODEL = "photo-grey"  # greyscale photographs (a luminance model)
-PHOTO_SIZE = 64
 
 
 # ------------------------------------------------------------------------------ models

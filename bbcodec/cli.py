@@ -380,11 +380,16 @@ def evaluate(data, model, limit, as_json, quiet, chunk, jobs, **coding):
 
 
 def _model_row(m) -> dict:
+    from .zoo import default_roles
+
     row = {"name": m.name, "where": m.where, "path": str(m.path), "sha256": m.sha256, "size_bytes": m.size_bytes}
     row.update({k: v for k, v in m.meta.items() if k not in row})
     row.update({"pixels": m.config.get("pixels"), "arch": m.config.get("arch")})
     if m.shadowed:
         row["shadowed"] = True
+    role = default_roles().get(m.name) if m.where == "embedded" else None
+    if role:
+        row["default_for"] = role
     return row
 
 
@@ -399,6 +404,7 @@ def _model_line(r) -> str:
     else:
         figure = "no test figure"
     return (f"{r['name']:16s} {r.get('dataset', '?')}; {figure}; {r['size_bytes'] / 1e6:.1f} MB"
+            + (f"; the default for {r['default_for']}" if r.get("default_for") else "")
             + ("; shadowed by an earlier model of that name" if r.get("shadowed") else ""))
 
 

@@ -69,6 +69,12 @@ def test_install_and_list(models_dir, model):
     mine = [r for r in rows if r["name"] == "mine"]
     assert len(mine) == 1 and mine[0]["where"] == "user" and mine[0]["sha256"] == sha
     assert {r["where"] for r in rows if r["name"] in zoo.embedded_models()} == {"embedded"}
+    # the listing names each default model's images; the earlier MNIST models are no default
+    defaults = {r["name"]: r.get("default_for") for r in rows}
+    assert defaults["mnist-uint8-v2"] == "8-bit 28x28 images" and defaults["mnist-uint8"] is None
+    assert defaults["mnist-binary-v2"] == "binary 28x28 images" and defaults["mine"] is None
+    assert any(line.startswith("mnist-uint8-v2 ") and line.endswith("the default for 8-bit 28x28 images")
+               for line in listing)
     entries = {m.name: m for m in zoo.installed_models()}
     assert entries["mine"].path == models_dir / "mine" and entries["mine"].meta["dataset"].startswith("none")
     assert zoo.find_model_by_sha256(sha) == models_dir / "mine"
