@@ -164,8 +164,10 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         if self.grey and group % channels:
             return _Copy(previous[group - group % channels])
         t = self.tile
-        raw = self.num.by_rows(lambda f, prev: self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num),
-                               feats, tuple(previous))
+        def head(f, prev):
+            return self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num)
+
+        raw = self.num.by_rows(head, feats, tuple(previous))
         return C.Spread(self.net.likelihood.entropy_model(raw, self.precision, self.scale_maps[group]))
 
     def likelihood(self, latents, given=None):

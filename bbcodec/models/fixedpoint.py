@@ -153,8 +153,8 @@ class ExactNumerics(Numerics):
     def by_rows(self, fn, *args):
         """On the CPU with several coding threads, ``fn`` on one block of rows per thread (one
         wake-up for a whole network instead of one per layer, and its gathers and copies split
-        too), the results (a tensor, or tuples of them, nested) joined along dim 0. The same values: each
-        row's are exact whatever the batch."""
+        too), the results (a tensor, or nested tuples of them) joined along dim 0. The same
+        values: each row's are exact whatever the batch."""
         first = next(a if torch.is_tensor(a) else a[0] for a in args if torch.is_tensor(a) or isinstance(a, tuple))
         parts = coding_threads() if first.device.type == "cpu" else 1
         if parts < 2 or first.shape[0] < 2 * parts:
