@@ -43,14 +43,18 @@ def _requested(threads: int | None) -> int | None:
     return threads
 
 
+def _default(cpus: int) -> int:
+    return max(1, min(MAX_DEFAULT, cpus))
+
+
 def configure(threads: int | None = None, training: bool = False) -> int:
     """Set the thread count (``None``: ``BBCODEC_THREADS``, else the default) before torch is
     imported, for coding or (``training``) for training; returns the count of threads that
     compute the networks."""
     global _coding_threads
     requested = _requested(threads)
-    n = requested or max(1, min(MAX_DEFAULT, available_cpus()))
-    torch_threads = (requested or max(1, min(MAX_DEFAULT, available_cpus() // 2))) if training else 1
+    n = requested or _default(available_cpus())
+    torch_threads = (requested or _default(available_cpus() // 2)) if training else 1
     _coding_threads = torch_threads if training else n
     os.environ["OMP_NUM_THREADS"] = str(torch_threads)
     os.environ["MKL_NUM_THREADS"] = str(torch_threads)

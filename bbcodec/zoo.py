@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # torch and safetensors are imported where needed: `bbcodec m
     import torch
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+MODELS_ENV = "BBCODEC_MODELS"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # a model name: a plain file stem
+
 # the embedded models :func:`bbcodec.api.default_model` chooses; earlier defaults stay embedded for their files
 MNIST_MODELS = {"uint8": "mnist-uint8-v2", "binary": "mnist-binary-v2"}
 COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
@@ -43,8 +46,6 @@ def default_roles() -> dict[str, str]:
             PHOTO_MODEL: f"colour images from {PHOTO_SIZE} pixels on the shorter side",
             GREY_PHOTO_MODEL: f"greyscale images from {PHOTO_SIZE} pixels on the shorter side",
             COLOUR_MODEL: "smaller colour and greyscale images"}
-MODELS_ENV = "BBCODEC_MODELS"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # a model name: a plain file stem
 
 
 class ModelNotFound(BBCodecError, LookupError):

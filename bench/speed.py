@@ -158,8 +158,6 @@ def main():
         sys.exit(f"data not found under {DATA}")
     from bbcodec.threads import configure
 
-    if args.threads is not None:
-        os.environ["BBCODEC_THREADS"] = str(args.threads)
     threads = configure(args.threads)  # before torch is imported, for the in-process parts
     results = {"repeats": args.repeats, "cpus": os.cpu_count(), "threads": threads}
     with tempfile.TemporaryDirectory() as d:

@@ -159,12 +159,13 @@ class ExactNumerics(Numerics):
         parts = coding_threads() if first.device.type == "cpu" else 1
         if parts < 2 or first.shape[0] < 2 * parts:
             return fn(*args)
-        edges = [first.shape[0] * k // parts for k in range(parts + 1)]
+        blocks = even_blocks(first.shape[0], parts)
         results = [None] * parts
 
         def rows(k):
-            cut = [a[edges[k]:edges[k + 1]] if torch.is_tensor(a) else
-                   tuple(t[edges[k]:edges[k + 1]] for t in a) if isinstance(a, tuple) else a for a in args]
+            lo, hi = blocks[k]
+            cut = [a[lo:hi] if torch.is_tensor(a) else tuple(t[lo:hi] for t in a) if isinstance(a, tuple) else a
+                   for a in args]
             results[k] = fn(*cut)
 
         run_blocks([(k,) for k in range(parts)], rows)
@@ -227,8 +228,8 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
                 ys.baddbmm_(taps[:, :, i, j].expand(ys.shape[0], out, c), inputs[:, :, shift + lo: shift + hi])
 
     blocks = split(cols, n * cols * w.numel())
-    if len(blocks) <= n:
-        run_blocks(split(n, n * cols * w.numel()), lambda lo, hi: accumulate(y[lo:hi], flat[lo:hi], 0, cols))
+    if len(blocks) <= n:  # by images: contiguous blocks
+        run_blocks(even_blocks(n, len(blocks)), lambda lo, hi: accumulate(y[lo:hi], flat[lo:hi], 0, cols))
     else:
         run_blocks(blocks, lambda lo, hi: accumulate(y[:, :, lo:hi], flat, lo, hi))
     y = F.pad(y, (0, hp * wp - cols)).reshape(n, out, hp, wp)[:, :, :oh, :ow]
@@ -240,8 +241,11 @@ def split(length: int, macs: int) -> list[tuple[int, int]]:
     coding thread where it reaches :data:`SPLIT_MACS`, else a single block. The blocks change no
     result: every sum is exact whatever the shapes."""
     parts = min(coding_threads(), macs // SPLIT_MACS, length) if macs >= 2 * SPLIT_MACS else 1
-    if parts <= 1:
-        return [(0, length)]
+    return even_blocks(length, max(parts, 1))
+
+
+def even_blocks(length: int, parts: int) -> list[tuple[int, int]]:
+    """``range(length)`` cut into ``parts`` ``[lo, hi)`` blocks whose sizes differ by at most one."""
     edges = [length * k // parts for k in range(parts + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
