@@ -147,6 +147,20 @@ def split_pool() -> _SplitPool | None:
         return _pool
 
 
+def even_blocks(length: int, parts: int) -> list[tuple[int, int]]:
+    """``range(length)`` cut into ``parts`` ``[lo, hi)`` blocks whose sizes differ by at most one."""
+    edges = [length * k // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def blocks_for(length: int, work: int, unit: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` blocks of ``range(length)`` for a task of ``work`` (in any measure): one per
+    coding thread where each gets at least ``unit`` of it (what pays for a wake-up), else a
+    single block."""
+    parts = min(coding_threads(), work // unit, length) if work >= 2 * unit else 1
+    return even_blocks(length, max(parts, 1))
+
+
 def run_blocks(blocks, work) -> None:
     """Call ``work(*block)`` for every block, spread over :func:`split_pool` (the first block on
     the calling thread), and return once all are done; the first exception is raised."""

@@ -114,19 +114,49 @@ def test_mixture_setup_matches_torch(seed, k, spread, end_masses):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
 
 
+def test_mixture_setup_split_over_threads_is_identical(coding_threads):
+    """The compiled constructor split by lanes over three threads gives the same parameters."""
+    one = _mixture(7, 257, 4, 10.0)[0]
+    coding_threads(3)
+    many = _mixture(7, 257, 4, 10.0)[0]
+    for name in ("slopes", "intercepts", "weights", "low_mass"):
+        assert torch.equal(getattr(one, name), getattr(many, name)), name
+
+
 def _message_state(msg):
     return msg.heads.clone(), msg.stream.clone(), msg.initial_words
 
 
+@pytest.fixture
+def coding_threads(monkeypatch):
+    """``use(n)``: ``n`` coding threads, and every searched round or mixture of at least two lanes
+    split over them."""
+    from bbcodec import threads
+
+    before = torch.get_num_threads()
+
+    def use(n):
+        if n > 1:
+            torch.set_num_threads(1)  # as configure() leaves it for coding
+            monkeypatch.setattr(threads, "_coding_threads", n)
+            monkeypatch.setattr(kernels, "SPLIT_LANES", 1)
+    yield use
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kind", ["mixture", "gaussian", "uniform", "bernoulli", "categorical", "betabinomial",
                                   "packed"])
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("lanes", ["all", "slice", "index"])
-def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, kind, lanes):
+def test_rounds_in_one_loop_equal_round_by_round(monkeypatch, coding_threads, kind, lanes, threads):
     """EntropyCodec push and pop through the compiled round loops leave the message exactly as the
     round-by-round reference does: heads, stream words and their order, seeded words drawn when
-    popping from a message that runs dry."""
+    popping from a message that runs dry; also with each round's lookups and the intervals split
+    over three threads."""
     from bbcodec.ans import Message
     from bbcodec.codecs import EntropyCodec
+
+    coding_threads(threads)
 
     g = torch.Generator().manual_seed(3)
     width, rounds = 12, 9

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..threads import coding_threads, run_blocks
+from ..threads import blocks_for, coding_threads, even_blocks, run_blocks
 
 ACT_BITS = 12  # activations are multiples of 2**-12
 WEIGHT_BITS = 12  # weights are multiples of 2**-12
@@ -238,16 +238,9 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
 
 def split(length: int, macs: int) -> list[tuple[int, int]]:
     """``[lo, hi)`` blocks of ``range(length)`` for a product of ``macs`` multiply-adds: one per
-    coding thread where it reaches :data:`SPLIT_MACS`, else a single block. The blocks change no
-    result: every sum is exact whatever the shapes."""
-    parts = min(coding_threads(), macs // SPLIT_MACS, length) if macs >= 2 * SPLIT_MACS else 1
-    return even_blocks(length, max(parts, 1))
-
-
-def even_blocks(length: int, parts: int) -> list[tuple[int, int]]:
-    """``range(length)`` cut into ``parts`` ``[lo, hi)`` blocks whose sizes differ by at most one."""
-    edges = [length * k // parts for k in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    coding thread where each gets at least :data:`SPLIT_MACS`, else a single block. The blocks
+    change no result: every sum is exact whatever the shapes."""
+    return blocks_for(length, macs, SPLIT_MACS)
 
 
 def conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation=(1, 1)) -> torch.Tensor:
