@@ -141,8 +141,8 @@ class ExactNumerics(Numerics):
 
     def conv(self, layer, x, relu=False):
         w, b = self._weights(layer)
-        y = conv2d_units(x, w, b, layer.weight.shape, layer.stride, layer.padding)
-        return y.round_().clamp_(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1)
+        return conv2d_units(x, w, b, layer.weight.shape, layer.stride, layer.padding,
+                            clamp=(0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1))
 
     def add(self, x, y):
         return torch.clamp(x + y, -ACT_LIMIT + 1, ACT_LIMIT - 1)
@@ -180,32 +180,36 @@ def _join_rows(parts: list):
 
 
 def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1),
-                 groups: int = 1) -> torch.Tensor:
+                 groups: int = 1, clamp: tuple[float, float] | None = None) -> torch.Tensor:
     """2-d convolution of activations ``x`` ``(N, C, H, W)`` (float64, in units) with real weights
-    ``w`` ``(C/groups*kh*kw, out)`` (im2col order) and a bias in units (or None), before rounding;
-    ``groups > 1`` on the CPU only.
+    ``w`` ``(C/groups*kh*kw, out)`` (im2col order) and a bias in units (or None), before rounding,
+    or, given ``clamp = (low, high)``, rounded (half to even) and clamped; ``groups > 1`` on the
+    CPU only.
 
     Exact either way (see the module docstring), so the two paths give identical results. On the
     CPU, torch's float64 convolution, which is a direct im2col and matrix product there (the
     transform-based algorithms of oneDNN, NNPACK and XNNPACK serve float32 only) and is about twice
     as fast as the explicit path; on other devices, where a library may pick Winograd or FFT
     transforms, an explicit im2col (``F.unfold``) and one matrix product."""
+    if x.device.type == "cpu" and tuple(stride) == (1, 1) and groups == 1:
+        return _conv2d_taps(x, w, b, weight_shape, padding, dilation, clamp)
     if x.device.type == "cpu":
-        if tuple(stride) == (1, 1) and groups == 1:
-            return _conv2d_taps(x, w, b, weight_shape, padding, dilation)
-        return F.conv2d(x, w.t().reshape(weight_shape), b, stride=stride, padding=padding, dilation=dilation,
-                        groups=groups)
-    if groups != 1:
+        y = F.conv2d(x, w.t().reshape(weight_shape), b, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups)
+    elif groups != 1:
         raise ValueError("grouped convolutions off the CPU: use an explicit per-group product")
-    return conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation)
+    else:
+        y = conv2d_im2col(x, w, b, weight_shape, stride, padding, dilation)
+    return y if clamp is None else y.round_().clamp_(*clamp)
 
 
-def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
+def _conv2d_taps(x, w, b, weight_shape, padding, dilation, clamp=None):
     """A stride-1 convolution as one batched matrix product per kernel tap, accumulated in place:
     with each padded image flattened, a tap's inputs are one contiguous slice (outputs are computed
     on the padded width and the extra columns dropped), so nothing is copied per tap. About twice
     as fast as torch's float64 convolution here; exact like it. Large ones are split over the
-    coding threads (:func:`split`) by images, or by output columns where there are too few."""
+    coding threads (:func:`split`) by images, or by output columns where there are too few; each
+    block is rounded and clamped (``clamp``) while it is still in cache."""
     n, c, h, wd = x.shape
     out = w.shape[1]
     kh, kw = weight_shape[-2:]
@@ -226,14 +230,16 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation):
             for j in range(kw):
                 shift = i * dh * wp + j * dw
                 ys.baddbmm_(taps[:, :, i, j].expand(ys.shape[0], out, c), inputs[:, :, shift + lo: shift + hi])
+        if clamp is not None:
+            ys.round_().clamp_(*clamp)
 
     blocks = split(cols, n * cols * w.numel())
     if len(blocks) <= n:  # by images: contiguous blocks
         run_blocks(even_blocks(n, len(blocks)), lambda lo, hi: accumulate(y[lo:hi], flat[lo:hi], 0, cols))
     else:
         run_blocks(blocks, lambda lo, hi: accumulate(y[:, :, lo:hi], flat, lo, hi))
-    y = F.pad(y, (0, hp * wp - cols)).reshape(n, out, hp, wp)[:, :, :oh, :ow]
-    return y.contiguous()
+    # output (r, c) is column r * wp + c of the padded width: a strided view, copied once
+    return y.as_strided((n, out, oh, ow), (out * cols, cols, wp, 1)).contiguous()
 
 
 def split(length: int, macs: int) -> list[tuple[int, int]]:
