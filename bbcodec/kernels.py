@@ -39,21 +39,24 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 def _on() -> bool:
     if numba is None or os.environ.get("BBCODEC_KERNELS", "") == "torch":
         return False
-    if not _REGISTRIES_LOADED:
-        _load_registries()
+    if not _READY:
+        _READY.append(_load_cached_without_registries() or _load_registries())
     return True
 
 
-_REGISTRIES_LOADED: list = []
+_READY: list = []
 
 
-def _load_registries() -> None:
-    """Load numba's lowering registries (once per process, before the first kernel), without the
-    ``scipy.linalg`` import that numba makes there only to learn whether its ``np.correlate`` may
-    call BLAS: 0.3 s of a 0.6 s start-up here. No kernel uses it; numba then gives that function
-    its plain loop, and ``np.dot`` still imports ``scipy.linalg`` when it is first compiled."""
+def _load_registries() -> bool:
+    """Load numba's lowering registries (once per process, before the first compilation), without
+    the ``scipy.linalg`` import that numba makes there only to learn whether its ``np.correlate``
+    may call BLAS: 0.3 s of a 0.6 s start-up here. No kernel uses it; numba then gives that
+    function its plain loop, and ``np.dot`` still imports ``scipy.linalg`` when it is first
+    compiled."""
     from numba.core.registry import cpu_target
 
+    if _REGISTRIES_LOADED:
+        return True
     hide = "scipy.linalg" not in sys.modules
     if hide:
         sys.modules["scipy.linalg"] = None  # an import of it raises ImportError
@@ -63,6 +66,40 @@ def _load_registries() -> None:
         if hide and sys.modules.get("scipy.linalg", False) is None:
             del sys.modules["scipy.linalg"]
     _REGISTRIES_LOADED.append(True)
+    return True
+
+
+_REGISTRIES_LOADED: list = []
+
+
+def _load_cached_without_registries() -> bool:
+    """Let this module's kernels load from numba's on-disk cache without first loading every
+    lowering registry, which numba does before each cache load although rebuilding compiled code
+    needs only its runtime: 0.25-0.4 s of each process's first coding call here. On a cache miss
+    the registries are loaded (:func:`_load_registries`) and numba compiles as usual. Returns
+    False, changing nothing, where numba's cache internals are not as expected."""
+    from numba.core.dispatcher import Dispatcher
+    from numba.core.runtime import rtsys
+
+    caches = [d._cache for d in globals().values() if isinstance(d, Dispatcher)]
+    if not caches or not all(hasattr(c, "_load_overload") and hasattr(c, "_guard_against_spurious_io_errors")
+                             for c in caches):
+        return False
+
+    def loader(cache):
+        def load_overload(sig, target_context):
+            rtsys.initialize(target_context)
+            with cache._guard_against_spurious_io_errors():
+                compiled = cache._load_overload(sig, target_context)
+                if compiled is not None:
+                    return compiled
+            _load_registries()  # numba compiles next
+            return None
+        return load_overload
+
+    for cache in caches:
+        cache.load_overload = loader(cache)
+    return True
 
 
 def enabled(*tensors: torch.Tensor) -> bool:

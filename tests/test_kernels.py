@@ -1,5 +1,7 @@
 """The compiled CPU kernels give the torch reference's integers exactly."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -253,3 +255,32 @@ def test_categorical_prefix_sums_and_checks_match_torch(monkeypatch, dtype):
         with pytest.raises(em.ModelError, match=message):
             em.Categorical(p)
         monkeypatch.delenv("BBCODEC_KERNELS")
+
+
+_ROUND_TRIP = """
+import torch
+from bbcodec import kernels, entropy_models as em
+from bbcodec.ans import Message
+from bbcodec.codecs import EntropyCodec
+model = em.Uniform(1000, (3, 16))
+symbols = torch.arange(48).reshape(3, 16) * 17
+msg = Message((16,), seed=1)
+EntropyCodec(model).push(msg, symbols)
+assert kernels.codes_rounds(model, msg)
+assert torch.equal(EntropyCodec(model).pop(msg), symbols)
+print(bool(kernels._REGISTRIES_LOADED))
+"""
+
+
+def test_kernels_load_from_a_cold_and_a_warm_cache(tmp_path):
+    """A fresh numba cache: the kernels compile (numba's registries are loaded first); the next
+    process loads them from the cache without loading the registries at all."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", _ROUND_TRIP], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert [r.stdout.split() for r in runs] == [["True"], ["False"]]
+    assert any(tmp_path.rglob("*.nbi"))
