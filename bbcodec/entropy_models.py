@@ -103,6 +103,25 @@ class EntropyModel:
             out.shape = tuple(fn(torch.zeros((), dtype=torch.uint8).expand(self.shape), 0).shape)
         return out
 
+    @staticmethod
+    def cat(models: list) -> "EntropyModel":
+        """Freshly built models of one type and alphabet for consecutive rows of a batch (the same
+        arguments but dim 0), joined along dim 0: every parameter tensor concatenated. The same
+        integers as one model built for all the rows, since models compute lane by lane."""
+        first = models[0]
+        if not first._params or any(type(m) is not type(first) or m.n != first.n or m.precision != first.precision
+                                    for m in models):
+            raise ModelError("cat needs models of one type, alphabet and precision, with parameters")
+        if len(models) == 1:
+            return first
+        out = copy.copy(first)
+        for name, _ in first._params:
+            setattr(out, name, torch.cat([getattr(m, name) for m in models]))
+        name, trailing = first._params[0]
+        t = getattr(out, name)
+        out.shape = tuple(t.shape[: t.dim() - trailing])
+        return out
+
     def __getitem__(self, index) -> "EntropyModel":
         """The models at ``index`` of the batch (an index of the leading, batch dims only)."""
         return self._map(lambda t, trailing: t[index])

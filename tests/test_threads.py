@@ -13,7 +13,7 @@ from bbcodec import threads
 from bbcodec.coding_params import CodingParams
 from bbcodec.image_codecs import ContextVAECodec, HierarchicalVAECodec
 from bbcodec.models import fixedpoint
-from helpers import sample_images, tiny_colour_model, tiny_model
+from helpers import sample_binary, sample_images, tiny_colour_model, tiny_model
 
 
 @pytest.fixture
@@ -73,11 +73,14 @@ def test_split_codecs_give_the_same_bytes(split_threads):
     colour = HierarchicalVAECodec(tiny_colour_model(), CodingParams(batch=4, lanes_per_image=16, initial_lanes=8,
                                                                     bits_per_image=800))
     mnist = ContextVAECodec(tiny_model("uint8", seed=5), CodingParams(batch=8, lanes_per_image=49, initial_lanes=16))
-    digits = sample_images(12)
-    single = colour.encode(x)[0], mnist.encode(digits)[0]
+    binary = ContextVAECodec(tiny_model("binary", seed=6), CodingParams(batch=8, lanes_per_image=7, initial_lanes=4))
+    digits, bits = sample_images(12), sample_binary(12)
+    single = colour.encode(x)[0], mnist.encode(digits)[0], binary.encode(bits)[0]
     splits = split_threads(2)
-    assert colour.encode(x)[0] == single[0] and mnist.encode(digits)[0] == single[1]
+    assert (colour.encode(x)[0], mnist.encode(digits)[0], binary.encode(bits)[0]) == single
+    assert len(splits) > 0
     assert torch.equal(colour.decode(single[0], len(x)), x) and torch.equal(mnist.decode(single[1], 12), digits)
+    assert torch.equal(binary.decode(single[2], 12), bits)
     assert splits
 
 

@@ -41,13 +41,17 @@ class ContextVAEBitsBack(BitsBackModel):
         return em.GaussianOnBins(mean, detmath.exp_scale(log_scale), self.latent_bits, precision=self.precision)
 
     def _group_codec(self, g, feats, previous):
-        raw = self.num.by_rows(lambda f, prev: self.net.head(g, f, prev, self.num), feats, tuple(previous))
+        likelihood, pack = self.net.likelihood, self.pack
+
+        def entropy_model(f, prev):  # built per block of rows, where the head's output is in cache
+            raw = self.net.head(g, f, prev, self.num)
+            return likelihood.packed_model(raw, pack) if self.binary else likelihood.entropy_model(raw, self.precision)
+
+        model = self.num.by_rows(entropy_model, feats, tuple(previous))
         if self.binary:
-            pack = self.pack
-            model = self.net.likelihood.packed_model(raw, pack)
             return C.Transform(C.Spread(model), lambda x: em.PackedBernoulli.pack(x.reshape(x.shape[0], -1, pack)),
                                lambda s: em.PackedBernoulli.unpack(s, pack).reshape(s.shape[0], -1))
-        return C.Spread(self.net.likelihood.entropy_model(raw, self.precision))
+        return C.Spread(model)
 
     def likelihood(self, latents):
         z = to_grid(em.bin_centres(latents[0], self.latent_bits))

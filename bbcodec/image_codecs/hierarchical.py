@@ -163,12 +163,13 @@ class HierarchicalVAEBitsBack(BitsBackModel):
             return _Copy(given_parts[group])
         if self.grey and group % channels:
             return _Copy(previous[group - group % channels])
-        t = self.tile
-        def head(f, prev):
-            return self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num)
+        t, scale_map = self.tile, self.scale_maps[group]
 
-        raw = self.num.by_rows(head, feats, tuple(previous))
-        return C.Spread(self.net.likelihood.entropy_model(raw, self.precision, self.scale_maps[group]))
+        def entropy_model(f, prev):  # built per block of rows, where the head's output is in cache
+            raw = self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num)
+            return self.net.likelihood.entropy_model(raw, self.precision, scale_map)
+
+        return C.Spread(self.num.by_rows(entropy_model, feats, tuple(previous)))
 
     def likelihood(self, latents, given=None):
         z2_bins, z1_bins = latents

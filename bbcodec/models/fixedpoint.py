@@ -153,7 +153,7 @@ class ExactNumerics(Numerics):
     def by_rows(self, fn, *args):
         """On the CPU with several coding threads, ``fn`` on one block of rows per thread (one
         wake-up for a whole network instead of one per layer, and its gathers and copies split
-        too), the results (a tensor, or nested tuples of them) joined along dim 0. The same
+        too), the results joined along dim 0 (:func:`_join_rows`). The same
         values: each row's are exact whatever the batch."""
         first = next(a if torch.is_tensor(a) else a[0] for a in args if torch.is_tensor(a) or isinstance(a, tuple))
         parts = coding_threads() if first.device.type == "cpu" else 1
@@ -173,10 +173,13 @@ class ExactNumerics(Numerics):
 
 
 def _join_rows(parts: list):
-    """Per-block results (tensors, or equally nested tuples of them) joined along dim 0."""
+    """Per-block results (tensors, equally nested tuples of them, or objects whose type has a
+    ``cat`` of a list, such as entropy models) joined along dim 0."""
     if torch.is_tensor(parts[0]):
         return torch.cat(parts)
-    return tuple(_join_rows(list(same)) for same in zip(*parts))
+    if isinstance(parts[0], tuple):
+        return tuple(_join_rows(list(same)) for same in zip(*parts))
+    return type(parts[0]).cat(parts)
 
 
 def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padding, dilation=(1, 1),
