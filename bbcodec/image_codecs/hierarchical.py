@@ -143,19 +143,26 @@ class HierarchicalVAEBitsBack(BitsBackModel):
                 self._ahead = None
 
     def _posterior_of(self, x):
-        return self.num.by_rows(lambda rows: self.net.posterior(rows, self.num), x)
+        """((mean, scale) of z1, (mean, scale) of z2) under the posterior, per block of rows."""
+        def rows(x):
+            (m1, log_s1), (m2, log_s2) = self.net.posterior(x, self.num)
+            return (m1, detmath.exp_scale(log_s1)), (m2, detmath.exp_scale(log_s2))
+        return self.num.by_rows(rows, x)
 
     def _prior1(self, z2_bins):
         z2 = to_grid(em.bin_centres(z2_bins, self.latent_bits))
-        pm, log_ps = self.num.by_rows(lambda rows: self.net.prior1(rows, self.num), z2)
-        return pm, detmath.exp_scale(log_ps)
+
+        def rows(z2):
+            pm, log_ps = self.net.prior1(z2, self.num)
+            return pm, detmath.exp_scale(log_ps)
+        return self.num.by_rows(rows, z2)
 
     def posterior(self, x, layer, above):
         (m1, s1), (m2, s2) = self._posterior_parameters(x)
         if layer == 0:
-            return em.GaussianOnBins(m2, detmath.exp_scale(s2), self.latent_bits, precision=self.precision)
+            return em.GaussianOnBins(m2, s2, self.latent_bits, precision=self.precision)
         pm, ps = self._prior1(above[0])
-        return em.GaussianOnBins(m1, detmath.exp_scale(s1), self.latent_bits, pm, ps, precision=self.precision)
+        return em.GaussianOnBins(m1, s1, self.latent_bits, pm, ps, precision=self.precision)
 
     def _group_codec(self, group, feats, previous, given_parts):
         channels = self.net.config.channels
