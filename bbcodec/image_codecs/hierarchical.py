@@ -118,6 +118,7 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         self.given_groups = cfg.channels  # the first level: one group per channel
         self.elbo_batch = max(1, int(200 * (cfg.patch / tile) ** 2))
         self._cached = (None, None)
+        self._prior_cached = (None, None)
         self._ahead = None
 
     def _posterior_parameters(self, x):
@@ -150,12 +151,19 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         return self.num.by_rows(rows, x)
 
     def _prior1(self, z2_bins):
+        """``p(z1|z2)``'s (mean, scale), kept for the last ``z2_bins``: a batch asks for them two
+        or three times (z1's bins when it is popped or pushed, then the likelihood's features)."""
+        last, found = self._prior_cached
+        if last is not None and last.shape == z2_bins.shape and torch.equal(last, z2_bins):
+            return found
         z2 = to_grid(em.bin_centres(z2_bins, self.latent_bits))
 
         def rows(z2):
             pm, log_ps = self.net.prior1(z2, self.num)
             return pm, detmath.exp_scale(log_ps)
-        return self.num.by_rows(rows, z2)
+        found = self.num.by_rows(rows, z2)
+        self._prior_cached = (z2_bins.clone(), found)
+        return found
 
     def posterior(self, x, layer, above):
         (m1, s1), (m2, s2) = self._posterior_parameters(x)
