@@ -693,7 +693,7 @@ def _lanes(message):
     return root, _array(flat, torch.int64)
 
 
-SPLIT_LANES = 1024  # searched lookups and intervals: work worth a thread wake-up (about 45 us)
+SPLIT_LANES = 1024  # searched lookups and intervals: work worth a thread wake-up (45-70 us here)
 _SEARCHED = {"LogisticMixture", "GaussianOnBins", "PackedBernoulli", "Categorical", "BetaBinomial"}
 
 
