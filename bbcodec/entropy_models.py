@@ -92,15 +92,20 @@ class EntropyModel:
     def _map(self, fn) -> "EntropyModel":
         """A shallow copy with ``fn(tensor, trailing_dims)`` applied to every parameter tensor and
         to the batch shape."""
-        out = copy.copy(self)
-        for name, trailing in self._params:
-            setattr(out, name, fn(getattr(self, name), trailing))
         if self._params:
-            name, trailing = self._params[0]
-            t = getattr(out, name)
-            out.shape = tuple(t.shape[: t.dim() - trailing])
-        else:  # no parameters: apply fn to a zero-stride stand-in of the batch shape
-            out.shape = tuple(fn(torch.zeros((), dtype=torch.uint8).expand(self.shape), 0).shape)
+            return self._with([fn(getattr(self, name), trailing) for name, trailing in self._params])
+        out = copy.copy(self)  # no parameters: apply fn to a zero-stride stand-in of the batch shape
+        out.shape = tuple(fn(torch.zeros((), dtype=torch.uint8).expand(self.shape), 0).shape)
+        return out
+
+    def _with(self, tensors: list) -> "EntropyModel":
+        """A shallow copy with these parameter tensors (in ``_params`` order) and the batch shape
+        that the first of them gives."""
+        out = copy.copy(self)
+        for (name, _), t in zip(self._params, tensors):
+            setattr(out, name, t)
+        trailing = self._params[0][1]
+        out.shape = tuple(tensors[0].shape[: tensors[0].dim() - trailing])
         return out
 
     @staticmethod
@@ -114,13 +119,7 @@ class EntropyModel:
             raise ModelError("cat needs models of one type, alphabet and precision, with parameters")
         if len(models) == 1:
             return first
-        out = copy.copy(first)
-        for name, _ in first._params:
-            setattr(out, name, torch.cat([getattr(m, name) for m in models]))
-        name, trailing = first._params[0]
-        t = getattr(out, name)
-        out.shape = tuple(t.shape[: t.dim() - trailing])
-        return out
+        return first._with([torch.cat([getattr(m, name) for m in models]) for name, _ in first._params])
 
     def __getitem__(self, index) -> "EntropyModel":
         """The models at ``index`` of the batch (an index of the leading, batch dims only)."""

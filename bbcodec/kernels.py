@@ -40,14 +40,16 @@ def _on() -> bool:
     if numba is None or os.environ.get("BBCODEC_KERNELS", "") == "torch":
         return False
     if not _READY:
-        _READY.append(_load_cached_without_registries() or _load_registries())
+        _READY.append(True)
+        if not _load_cached_without_registries():
+            _load_registries()
     return True
 
 
-_READY: list = []
+_READY: list = []  # set once the kernels may run (cache loader installed, or registries loaded)
 
 
-def _load_registries() -> bool:
+def _load_registries() -> None:
     """Load numba's lowering registries (once per process, before the first compilation), without
     the ``scipy.linalg`` import that numba makes there only to learn whether its ``np.correlate``
     may call BLAS: 0.3 s of a 0.6 s start-up here. No kernel uses it; numba then gives that
@@ -56,7 +58,7 @@ def _load_registries() -> bool:
     from numba.core.registry import cpu_target
 
     if _REGISTRIES_LOADED:
-        return True
+        return
     hide = "scipy.linalg" not in sys.modules
     if hide:
         sys.modules["scipy.linalg"] = None  # an import of it raises ImportError
@@ -66,7 +68,6 @@ def _load_registries() -> bool:
         if hide and sys.modules.get("scipy.linalg", False) is None:
             del sys.modules["scipy.linalg"]
     _REGISTRIES_LOADED.append(True)
-    return True
 
 
 _REGISTRIES_LOADED: list = []
@@ -399,16 +400,6 @@ if numba is not None:
                 return i, c_lo, (after * spread) // q_n + i + 1 - c_lo
             before = after
             i += 1
-
-    @_jit
-    def _interval(p, symbols):
-        start = np.empty(symbols.shape[0], dtype=np.int64)
-        freq = np.empty(symbols.shape[0], dtype=np.int64)
-        for j in range(symbols.shape[0]):
-            lo = _cdf(symbols[j], j, p)
-            start[j] = lo
-            freq[j] = _cdf(symbols[j] + 1, j, p) - lo
-        return start, freq
 
     @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy", inline="always")  # a call costs 12%
     def _narrow(p, j, slot, lo, c_lo, hi, c_hi):
@@ -754,7 +745,9 @@ def pop_rounds(model, message, rounds: int):
 def interval(model, symbols: torch.Tensor):
     """``(start, freq)`` of ``symbols`` (the model's batch shape) under a ``LogisticMixture`` or
     ``GaussianOnBins``, as the reference ``interval`` computes them."""
-    start, freq = _interval(_PARAMS[type(model).__name__](model), _array(symbols.reshape(-1), torch.int64))
+    flat = _array(symbols.reshape(-1), torch.int64)
+    start, freq = np.empty_like(flat), np.empty_like(flat)
+    _intervals_into(_PARAMS[type(model).__name__](model), flat, 0, flat.shape[0], start, freq)
     return torch.from_numpy(start).reshape(symbols.shape), torch.from_numpy(freq).reshape(symbols.shape)
 
 
