@@ -94,42 +94,61 @@ class _SplitPool:
         _local.in_pool = True
         modes, guard = None, None
         while True:
-            work, block, wanted, done, errors = inbox.get()
-            try:
-                if wanted != modes:  # autograd's modes are per thread: take the caller's, and keep them
-                    if guard is not None:
-                        guard.__exit__(None, None, None)
-                    guard = torch.inference_mode(wanted[0])
-                    guard.__enter__()
-                    torch.set_grad_enabled(wanted[1])
-                    modes = wanted
-                work(*block)
-            except BaseException as exc:  # handed to the caller
-                errors.append(exc)
-            finally:
-                done.release()
+            call, wanted = inbox.get()
+            if wanted != modes:  # autograd's modes are per thread: take the caller's, and keep them
+                if guard is not None:
+                    guard.__exit__(None, None, None)
+                guard = torch.inference_mode(wanted[0])
+                guard.__enter__()
+                torch.set_grad_enabled(wanted[1])
+                modes = wanted
+            call.claim_and_run()
 
     def run(self, blocks, work) -> None:
         import torch
 
+        call = _Call(blocks, work)
         wanted = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-        errors, pending = [], []
-        for inbox, block in zip(self.inboxes, blocks[1:]):
-            done = threading.Lock()
-            done.acquire()
-            inbox.put((work, block, wanted, done, errors))
-            pending.append(done)
-        _local.in_pool = True  # the caller's block splits no further: the pool is busy with the others
+        for inbox in self.inboxes[: len(blocks) - 1]:
+            inbox.put((call, wanted))
+        _local.in_pool = True  # the caller's blocks split no further: the pool is busy with the others
         try:
-            for block in blocks[1 + len(pending):]:  # more blocks than threads: the caller's
-                work(*block)
-            work(*blocks[0])
+            call.claim_and_run()
         finally:
             _local.in_pool = False
-            for done in pending:  # none may outlive the call: they write into the caller's tensors
-                done.acquire()
-        if errors:
-            raise errors[0]
+            call.wait()  # none may outlive the call: they write into the caller's tensors
+        if call.errors:
+            raise call.errors[0]
+
+
+class _Call:
+    """One :meth:`_SplitPool.run`: its blocks are claimed one at a time, by the caller and by the
+    pool's threads as they wake, so a thread that the OS has not scheduled yet (another busy
+    process) holds up nothing: the caller computes the blocks nobody has claimed, and waits only
+    for blocks already under way elsewhere."""
+
+    def __init__(self, blocks, work):
+        import itertools
+
+        self.blocks, self.work, self.errors = blocks, work, []
+        self._next = itertools.count()  # next() on it is atomic under the GIL
+        self._finished = [threading.Lock() for _ in blocks]
+        for lock in self._finished:
+            lock.acquire()
+
+    def claim_and_run(self) -> None:
+        while (k := next(self._next)) < len(self.blocks):
+            try:
+                if not self.errors:
+                    self.work(*self.blocks[k])
+            except BaseException as exc:  # handed to the caller
+                self.errors.append(exc)
+            finally:
+                self._finished[k].release()
+
+    def wait(self) -> None:
+        for lock in self._finished:
+            lock.acquire()
 
 
 _local = threading.local()

@@ -86,10 +86,12 @@ def test_split_codecs_give_the_same_bytes(split_threads):
 
 def test_pool_raises_the_blocks_error_and_stays_usable(split_threads):
     split_threads(2)
-    names = []
+    names, started = [], [threading.Event(), threading.Event()]
 
     def work(lo, hi):
         names.append(threading.current_thread().name)
+        started[lo].set()
+        assert started[1 - lo].wait(10), "both blocks should run at once, on two threads"
         if lo:
             raise ValueError("block failed")
 
@@ -100,6 +102,28 @@ def test_pool_raises_the_blocks_error_and_stays_usable(split_threads):
     # a block that splits again runs its blocks itself: the pool's threads never wait on the pool
     threads.run_blocks([(0, 1), (1, 2)], lambda lo, hi: threads.run_blocks([(0, 1), (1, 2)], lambda a, b: done.append(a)))
     assert sorted(done) == [0, 0, 1, 1]
+
+
+def test_the_caller_computes_the_blocks_a_busy_pool_thread_has_not_claimed(split_threads):
+    """A pool thread that is not running (here: held by earlier work; in life, descheduled by a
+    busy machine) holds up nothing: the caller claims every block itself."""
+    split_threads(2)
+    pool, release = threads.split_pool(), threading.Event()
+
+    class Held:
+        def claim_and_run(self):
+            release.wait(30)
+
+    pool.inboxes[0].put((Held(), (torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    try:
+        names = []
+        threads.run_blocks(threads.even_blocks(6, 3), lambda lo, hi: names.append(threading.current_thread().name))
+        assert names == [threading.current_thread().name] * 3
+    finally:
+        release.set()
+    seen = set()
+    threads.run_blocks([(0, 1), (1, 2)], lambda lo, hi: seen.add(lo))  # and the pool still works after
+    assert seen == {0, 1}
 
 
 def test_one_coding_thread_where_torch_runs_several(monkeypatch):
