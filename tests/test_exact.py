@@ -512,10 +512,15 @@ def test_wrong_inputs():
 
 @pytest.mark.parametrize("cin,cout,k,stride,pad,dil", [(3, 16, 3, 1, 1, 1), (16, 8, 3, 2, 1, 1), (5, 7, 1, 1, 0, 1), (6, 4, 3, 1, 0, 1),
                                                         (4, 6, 5, 1, 2, 2)])
-def test_cpu_convolution_equals_the_explicit_im2col_path(cin, cout, k, stride, pad, dil):
-    """The CPU path (torch's float64 convolution) and the explicit im2col + matrix product used on
-    other devices give identical sums, at activations near the range limit."""
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 8 * 16 * 7])
+def test_cpu_convolution_equals_the_explicit_im2col_path(cin, cout, k, stride, pad, dil, chunk_bytes, monkeypatch):
+    """The CPU paths (a product per tap, in column chunks of any size, or torch's float64
+    convolution for strides) and the explicit im2col + matrix product used on other devices give
+    identical sums, at activations near the range limit."""
+    from bbcodec.models import fixedpoint
     from bbcodec.models.fixedpoint import ACT_LIMIT, ExactNumerics, conv2d_im2col, conv2d_units
+
+    monkeypatch.setattr(fixedpoint, "CHUNK_BYTES", chunk_bytes)
 
     g = torch.Generator().manual_seed(cin * cout + k)
     layer = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil)

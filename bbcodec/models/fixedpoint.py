@@ -29,6 +29,7 @@ WEIGHT_LIMIT = float(1 << 16)  # |weight| < 16 (in units: < 2**16)
 MAX_FAN_IN = 1 << 11
 NARROW = 16  # linear layers of at most this many outputs are computed transposed on the CPU
 SPLIT_MACS = 1 << 22  # products of at least this many multiply-adds are split over the coding threads
+CHUNK_BYTES = 1 << 20  # a stride-1 convolution's output chunk, computed through all its taps in cache
 
 
 class Numerics:
@@ -207,42 +208,44 @@ def conv2d_units(x: torch.Tensor, w: torch.Tensor, b, weight_shape, stride, padd
 
 
 def _conv2d_taps(x, w, b, weight_shape, padding, dilation, clamp=None):
-    """A stride-1 convolution as one batched matrix product per kernel tap, accumulated in place:
-    with each padded image flattened, a tap's inputs are one contiguous slice (outputs are computed
-    on the padded width and the extra columns dropped), so nothing is copied per tap. About twice
-    as fast as torch's float64 convolution here; exact like it. Large ones are split over the
-    coding threads (:func:`split`) by images, or by output columns where there are too few; each
-    block is rounded and clamped (``clamp``) while it is still in cache."""
+    """A stride-1 convolution as one matrix product per kernel tap, accumulated in place. The
+    padded images are laid out channel-major, ``(C, N * Hp * Wp)``, so a tap's inputs for every
+    image at once are one contiguous column slice (outputs are computed on the padded width, and
+    the columns between rows and images dropped): the products are wide, and nothing is copied per
+    tap. The columns go in chunks of about :data:`CHUNK_BYTES` of output, which stays in cache
+    through all the taps and its rounding and clamping (``clamp``); large convolutions are split
+    over the coding threads by columns (:func:`split`). Exact like every path here."""
     n, c, h, wd = x.shape
     out = w.shape[1]
     kh, kw = weight_shape[-2:]
     (ph, pw), (dh, dw) = padding, dilation
     hp, wp = h + 2 * ph, wd + 2 * pw
     oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    flat = F.pad(x, (pw, pw, ph, ph)).reshape(n, c, hp * wp)
-    cols = hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
+    padded = x.new_zeros(c, n, hp, wp) if ph or pw else x.new_empty(c, n, hp, wp)
+    padded[:, :, ph: ph + h, pw: pw + wd] = x.transpose(0, 1)
+    flat = padded.reshape(c, n * hp * wp)
+    cols = n * hp * wp - (dh * (kh - 1) * wp + dw * (kw - 1))
     taps = w.t().reshape(out, c, kh, kw)
-    y = x.new_empty(n, out, cols)
+    taps = [(taps[:, :, i, j], i * dh * wp + j * dw) for i in range(kh) for j in range(kw)]
+    y = x.new_empty(out, cols)
+    chunk = max(16, CHUNK_BYTES // (8 * out))
 
-    def accumulate(ys, inputs, lo, hi):
-        if b is not None:
-            ys.copy_(b.reshape(1, out, 1).expand_as(ys))
-        else:
-            ys.zero_()
-        for i in range(kh):
-            for j in range(kw):
-                shift = i * dh * wp + j * dw
-                ys.baddbmm_(taps[:, :, i, j].expand(ys.shape[0], out, c), inputs[:, :, shift + lo: shift + hi])
-        if clamp is not None:
-            ys.round_().clamp_(*clamp)
+    def accumulate(lo, hi):
+        for start in range(lo, hi, chunk):
+            stop = min(hi, start + chunk)
+            ys = y[:, start:stop]
+            if b is not None:
+                ys.copy_(b.reshape(out, 1).expand_as(ys))
+            else:
+                ys.zero_()
+            for tap, shift in taps:
+                ys.addmm_(tap, flat[:, shift + start: shift + stop])
+            if clamp is not None:
+                ys.round_().clamp_(*clamp)
 
-    blocks = split(cols, n * cols * w.numel())
-    if len(blocks) <= n:  # by images: contiguous blocks
-        run_blocks(even_blocks(n, len(blocks)), lambda lo, hi: accumulate(y[lo:hi], flat[lo:hi], 0, cols))
-    else:
-        run_blocks(blocks, lambda lo, hi: accumulate(y[:, :, lo:hi], flat, lo, hi))
-    # output (r, c) is column r * wp + c of the padded width: a strided view, copied once
-    return y.as_strided((n, out, oh, ow), (out * cols, cols, wp, 1)).contiguous()
+    run_blocks(split(cols, cols * w.numel()), accumulate)
+    # output (image k, row r, column q) is column k * hp * wp + r * wp + q: a strided view, copied once
+    return y.as_strided((out, n, oh, ow), (cols, hp * wp, wp, 1)).transpose(0, 1).contiguous()
 
 
 def split(length: int, macs: int) -> list[tuple[int, int]]:
