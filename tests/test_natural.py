@@ -30,6 +30,32 @@ def run(*args):
     return r
 
 
+@pytest.mark.parametrize("h,w,channels,context", [(9, 7, 3, 5), (12, 16, 1, 5), (8, 13, 3, 3), (16, 20, 2, 7)])
+def test_context_layout_is_every_earlier_sub_pixel_in_the_window(h, w, channels, context):
+    """The vectorised layout against its definition, pixel by pixel: step ``level * C + c`` reads
+    the sub-pixels ``(cc, i + di, j + dj)`` of the window (row-major, channels innermost) whose
+    step comes earlier, with neighbours outside the image given as ``C * h * w``."""
+    from functools import cache
+
+    from bbcodec.models.hierarchical_vae import LEVELS, _layout, level_of
+
+    @cache
+    def level(i, j):
+        return int(level_of(torch.tensor(i), torch.tensor(j)))
+
+    r, steps = context // 2, _layout(h, w, channels, context)
+    assert len(steps) == LEVELS * channels
+    for step, (g, c, pos, ctx) in enumerate(steps):
+        assert (g, c) == divmod(step, channels)
+        assert pos.tolist() == [p for p in range(h * w) if level(p // w, p % w) == g]
+        for row, p in zip(ctx.tolist(), pos.tolist()):
+            i, j = divmod(p, w)
+            want = [cc * h * w + (i + di) * w + j + dj if 0 <= i + di < h and 0 <= j + dj < w else channels * h * w
+                    for di in range(-r, r + 1) for dj in range(-r, r + 1) for cc in range(channels)
+                    if level(i + di, j + dj) * channels + cc < step]
+            assert row == want
+
+
 @pytest.mark.parametrize("grey", [False, True])
 def test_hierarchical_codec_roundtrip(grey):
     model = tiny_colour_model()

@@ -245,7 +245,7 @@ def _conv2d_taps(x, w, b, weight_shape, padding, dilation, clamp=None):
 
     run_blocks(split(cols, cols * w.numel()), accumulate)
     # output (image k, row r, column q) is column k * hp * wp + r * wp + q: a strided view, copied once
-    return y.as_strided((out, n, oh, ow), (cols, hp * wp, wp, 1)).transpose(0, 1).contiguous()
+    return y.as_strided((out, n, oh, ow), (cols, hp * wp, wp, 1)).transpose(0, 1)
 
 
 def split(length: int, macs: int) -> list[tuple[int, int]]:

@@ -95,27 +95,30 @@ def _layout(h: int, w: int, channels: int, context: int):
     ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ii, jj = ii.reshape(-1), jj.reshape(-1)
     level = level_of(ii, jj)
+    # levels repeat every 4 pixels each way: one pixel of each residue class stands for all
+    ri, rj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")]
+    di, dj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")]
     steps = []
     for g in range(LEVELS):
         pos = torch.nonzero(level == g).squeeze(1)
         i, j = ii[pos], jj[pos]
+        cls = level_of(ri, rj) == g
+        # whether each neighbour comes earlier (-1), in the same level (0) or later is the same
+        # for every pixel of the level (checked)
+        order = torch.sign(level_of(ri[cls, None] + di, rj[cls, None] + dj) - g)
+        if not bool((order == order[:1]).all()):
+            raise AssertionError("context pattern is not uniform within a level")
+        first = order[0].tolist()
         for c in range(channels):
-            idx = []
-            for di in range(-r, r + 1):
-                for dj in range(-r, r + 1):
-                    # whether the neighbour comes earlier, in the same level or later is the same
-                    # for every pixel of the level (checked)
-                    order = torch.sign(level_of(i + di, j + dj) - g)
-                    if not bool((order == order[0]).all()):
-                        raise AssertionError("context pattern is not uniform within a level")
-                    first = int(order[0])
-                    known_channels = range(channels) if first < 0 else (range(c) if first == 0 else ())
-                    ni, nj = i + di, j + dj
-                    inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
-                    for cc in known_channels:
-                        idx.append(torch.where(inside, cc * h * w + ni * w + nj, channels * h * w))
-            ctx = torch.stack(idx, 1) if idx else torch.zeros(len(pos), 0, dtype=torch.int64)
-            steps.append((g, c, pos, ctx))
+            known = [(k, cc) for k, o in enumerate(first)
+                     for cc in (range(channels) if o < 0 else range(c) if o == 0 else ())]
+            if not known:
+                steps.append((g, c, pos, torch.zeros(len(pos), 0, dtype=torch.int64)))
+                continue
+            k, cc = (torch.tensor(v) for v in zip(*known))
+            ni, nj = i[:, None] + di[k], j[:, None] + dj[k]
+            inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
+            steps.append((g, c, pos, torch.where(inside, cc * h * w + ni * w + nj, channels * h * w)))
     return steps
 
 
