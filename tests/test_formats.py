@@ -68,6 +68,9 @@ def test_png_pixels_size_and_mode(tmp_path, mode):
     assert back.mode == im.mode and back.size == im.size
     assert np.array_equal(np.asarray(back), np.asarray(Image.open(path)))
     assert restored_sha("png", data) == f.sha256
+    # the check's quicker PNG (not deflated) holds the same pixels as the one written
+    stored = write_image_file(f, stored=True)
+    assert stored != data and restored_sha("png", stored) == f.sha256
 
 
 def test_cifar_batch(tmp_path):
