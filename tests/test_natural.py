@@ -56,6 +56,27 @@ def test_context_layout_is_every_earlier_sub_pixel_in_the_window(h, w, channels,
             assert row == want
 
 
+def test_known_pixels_kept_for_a_batch_read_as_if_rebuilt():
+    """The heads' known sub-pixels, filled step by step (pops) or given all at once (pushes, last
+    group first), hold what :meth:`known_from_parts` builds for every entry a head may read: the
+    steps before its own. New part tensors (another batch) rebuild the matrix."""
+    from bbcodec.image_codecs.hierarchical import _KnownPixels
+
+    net, t = tiny_colour_model(), 8
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (3, 3, t, t), generator=g, dtype=torch.uint8)
+    parts, other = net.split_steps(x), net.split_steps(x.flip(0))
+    layout = net.layout(t, t)
+    known = _KnownPixels(net, t)
+    orders = [range(net.steps), reversed(range(net.steps)), [3, 5, 2, 9]]
+    for order, source in zip(orders, (parts, parts, other)):
+        for step in order:
+            matrix = known.of(source[:step])
+            want = net.known_from_parts(source[:step], t, t)
+            readable = torch.unique(layout[step][3].reshape(-1))
+            assert matrix.shape == want.shape and torch.equal(matrix[:, readable], want[:, readable])
+
+
 @pytest.mark.parametrize("grey", [False, True])
 def test_hierarchical_codec_roundtrip(grey):
     model = tiny_colour_model()

@@ -22,6 +22,27 @@ from ..scale_maps import scale_map
 from .generic import ProtocolCodec
 
 
+class _KnownPixels:
+    """The known sub-pixels that a batch's heads read (:meth:`HierarchicalVAE.known_from_parts`),
+    kept for the batch and filled step by step as the groups are popped, instead of rebuilt for
+    every group. A head reads only the steps before its own, so steps filled beyond what a group
+    was given (pushes go last group first, with every step known) change nothing it reads."""
+
+    def __init__(self, net, tile: int):
+        self.net, self.tile, self.matrix, self.parts = net, tile, None, ()
+
+    def of(self, parts: tuple) -> torch.Tensor:
+        """A matrix holding at least the steps ``parts`` (the groups before the one being coded)."""
+        t = self.tile
+        same = self.matrix is not None and len(self.parts) > 0 and all(a is b for a, b in zip(parts, self.parts))
+        if not parts or not same:
+            self.matrix, self.parts = self.net.known_from_parts(parts, t, t), tuple(parts)
+        elif len(parts) > len(self.parts):
+            self.net.fill_known(self.matrix, parts[len(self.parts):], t, t, start=len(self.parts))
+            self.parts = tuple(parts)
+        return self.matrix
+
+
 class _Copy(C.Codec):
     """A group whose symbols are a known function of earlier groups: costs nothing."""
 
@@ -172,7 +193,7 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         pm, ps = self._prior1(above[0])
         return em.GaussianOnBins(m1, s1, self.latent_bits, pm, ps, precision=self.precision)
 
-    def _group_codec(self, group, feats, previous, given_parts):
+    def _group_codec(self, group, feats, previous, given_parts, known):
         channels = self.net.config.channels
         if given_parts is not None and group < self.given_groups:
             return _Copy(given_parts[group])
@@ -180,11 +201,11 @@ class HierarchicalVAEBitsBack(BitsBackModel):
             return _Copy(previous[group - group % channels])
         t, scale_map = self.tile, self.scale_maps[group]
 
-        def entropy_model(f, prev):  # built per block of rows, where the head's output is in cache
-            raw = self.net.head(group, f, self.net.known_from_parts(prev, t, t), t, t, self.num)
+        def entropy_model(f, known_rows):  # built per block of rows, where the head's output is in cache
+            raw = self.net.head(group, f, known_rows, t, t, self.num)
             return self.net.likelihood.entropy_model(raw, self.precision, scale_map)
 
-        return C.Spread(self.num.by_rows(entropy_model, feats, tuple(previous)))
+        return C.Spread(self.num.by_rows(entropy_model, feats, known.of(previous)))
 
     def likelihood(self, latents, given=None):
         z2_bins, z1_bins = latents
@@ -192,7 +213,9 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         z1 = to_grid(em.bin_centres(z1_bins, self.latent_bits, pm, ps))
         feats = self.num.by_rows(lambda rows: self.net.features(rows, self.num), z1)
         given_parts = None if given is None else self.net.split_steps(given)
-        groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev, given_parts), self.net.steps)
+        known = _KnownPixels(self.net, self.tile)
+        groups = C.AutoregressiveGroups(lambda g, prev: self._group_codec(g, feats, prev, given_parts, known),
+                                        self.net.steps)
         return C.Transform(groups, self.net.split_steps, lambda parts: self.net.join_steps(parts, self.tile, self.tile))
 
     def coded_groups(self, given: bool) -> list[int]:

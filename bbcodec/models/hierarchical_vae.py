@@ -246,7 +246,12 @@ class HierarchicalVAE(nn.Module):
         ch = self.config.channels
         b = parts[0].shape[0] if parts else 0
         known = torch.zeros((b, ch * h * w + 1), dtype=torch.float64, device=parts[0].device if parts else None)
-        for (_, c, p, _), pix in zip(self.layout(h, w), parts):
+        return self.fill_known(known, parts, h, w)
+
+    def fill_known(self, known: torch.Tensor, parts, h: int, w: int, start: int = 0) -> torch.Tensor:
+        """Write the sub-pixels of steps ``start, start + 1, ...`` (``parts``) into ``known`` (from
+        :meth:`known_from_parts`), in place; returns it."""
+        for (_, c, p, _), pix in zip(self.layout(h, w)[start:], parts):
             known[:, c * h * w + p] = self.scaled(pix)
         return known
 
