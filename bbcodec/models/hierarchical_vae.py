@@ -270,7 +270,12 @@ class HierarchicalVAE(nn.Module):
         inputs = feats.index_select(1, pos.to(feats.device))
         l1, l2, l3, skip = self.heads[step]
         if ctx.shape[1]:
-            context = num.input(known.index_select(1, ctx.to(known.device).reshape(-1)).reshape(b, *ctx.shape)).to(inputs.dtype)
+            cols = ctx.to(known.device).reshape(-1)
+            if known.shape[1] < cols.numel():  # fewer to convert before the gather than after it
+                context = num.input(known).index_select(1, cols)
+            else:
+                context = num.input(known.index_select(1, cols))
+            context = context.reshape(b, *ctx.shape).to(inputs.dtype)
             inputs = torch.cat([inputs, context], -1)
         hdd = num.linear(l1, inputs.reshape(b * n, -1), relu=True)
         hdd = num.linear(l2, hdd, relu=True)
