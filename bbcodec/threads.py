@@ -155,8 +155,8 @@ _local = threading.local()
 
 
 def split_pool() -> _SplitPool | None:
-    """The shared pool of ``coding_threads() - 1`` sleeping threads (the caller computes one block
-    itself), or ``None`` for one thread and inside the pool's own threads."""
+    """The shared pool of ``coding_threads() - 1`` sleeping threads (the caller claims blocks
+    too), or ``None`` for one thread and inside the pool's own threads."""
     global _pool
     n = coding_threads() - 1
     if n < 1 or getattr(_local, "in_pool", False):
@@ -182,8 +182,9 @@ def blocks_for(length: int, work: int, unit: int) -> list[tuple[int, int]]:
 
 
 def run_blocks(blocks, work) -> None:
-    """Call ``work(*block)`` for every block, spread over :func:`split_pool` (the first block on
-    the calling thread), and return once all are done; the first exception is raised."""
+    """Call ``work(*block)`` for every block, spread over :func:`split_pool` (the calling thread
+    and the pool's claim the blocks one at a time), and return once all are done; the first
+    exception is raised."""
     pool = split_pool() if len(blocks) > 1 else None
     if pool is None:
         for block in blocks:

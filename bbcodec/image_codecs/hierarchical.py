@@ -34,8 +34,8 @@ class _KnownPixels:
     def of(self, parts: tuple) -> torch.Tensor:
         """A matrix holding at least the steps ``parts`` (the groups before the one being coded)."""
         t = self.tile
-        same = self.matrix is not None and len(self.parts) > 0 and all(a is b for a, b in zip(parts, self.parts))
-        if not parts or not same:
+        same = parts and self.parts and all(a is b for a, b in zip(parts, self.parts))
+        if not same:
             self.matrix, self.parts = self.net.known_from_parts(parts, t, t), tuple(parts)
         elif len(parts) > len(self.parts):
             self.net.fill_known(self.matrix, parts[len(self.parts):], t, t, start=len(self.parts))

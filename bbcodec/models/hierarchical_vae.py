@@ -97,12 +97,13 @@ def _layout(h: int, w: int, channels: int, context: int):
     level = level_of(ii, jj)
     # levels repeat every 4 pixels each way: one pixel of each residue class stands for all
     ri, rj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")]
+    residue_level = level_of(ri, rj)
     di, dj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")]
     steps = []
     for g in range(LEVELS):
         pos = torch.nonzero(level == g).squeeze(1)
         i, j = ii[pos], jj[pos]
-        cls = level_of(ri, rj) == g
+        cls = residue_level == g
         # whether each neighbour comes earlier (-1), in the same level (0) or later is the same
         # for every pixel of the level (checked)
         order = torch.sign(level_of(ri[cls, None] + di, rj[cls, None] + dj) - g)
