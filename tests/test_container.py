@@ -198,3 +198,34 @@ def test_poor_fit_falls_back_and_says_so(tiny):
     data, summary = api.compress_data(buf.getvalue(), "noise.npy", model=tiny)
     assert summary["method"] in ("zlib", "stored") and "of the fallback" in summary["note"]
     assert api.decompress_data(data)[0] == buf.getvalue()
+
+
+class _CountingLevels:
+    """``zlib.compressobj`` that records the level of each compressor made."""
+
+    def __init__(self, monkeypatch):
+        self.levels, real = [], zlib.compressobj
+
+        def made(level=-1, *args):
+            self.levels.append(level)
+            return real(level, *args)
+
+        monkeypatch.setattr(zlib, "compressobj", made)
+
+
+def test_fallback_stores_zlib_9_bytes_where_zlib_wins(tiny, monkeypatch):
+    x = (torch.arange(26 * 28 * 28) % 251).to(torch.uint8).reshape(26, 28, 28)  # periodic: zlib's
+    levels = _CountingLevels(monkeypatch)
+    data = api.compress_images(x, tiny)
+    box = Container.from_bytes(data)
+    assert box.method == ZLIB and levels.levels == [6, 9]
+    assert data.endswith(zlib.compress(box.payload, 9))
+
+
+def test_fallback_skips_zlib_9_where_zlib_6_is_far_above_the_coded_size(monkeypatch):
+    x = sample_images(64)  # digits: the embedded model codes them in well under zlib's bytes
+    levels = _CountingLevels(monkeypatch)
+    data = api.compress_images(x)
+    assert Container.from_bytes(data).method == CODED
+    assert levels.levels == [6]
+    assert len(data) * api._BackgroundZlib.LEVEL_GAP < len(zlib.compress(x.numpy().tobytes(), 6))
