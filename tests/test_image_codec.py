@@ -169,3 +169,54 @@ def test_stored_plan_survives_images_far_cheaper_than_the_estimate():
     data, _ = codec.encode(x)
     with pytest.raises(ValueError):
         codec.decode(data, len(x) - 1)  # the stored plan must account for every image
+
+
+def _plain_heads(model, x, num, z):
+    """Each group's raw parameters by the definition: every pixel's features in image order, then
+    per pixel of the group (raster order) its features and known neighbours through the head."""
+    c = model.config
+    h = num.linear(model.dec2, num.linear(model.dec1, num.input(z), relu=True), relu=True)
+    f = num.linear(model.up, h.reshape(-1, c.channels), relu=True)
+    cells = f.reshape(len(x), model.grid[0], model.grid[1], c.cell, c.cell, c.features)
+    image = cells.permute(0, 1, 3, 2, 4, 5).reshape(len(x), c.height * c.width, c.features)
+    flat = model.scaled(x).reshape(len(x), -1)
+    pad = 0.0 if c.pixels == "binary" else -1.0
+    known = torch.cat([flat, torch.full((len(x), 1), pad, dtype=flat.dtype)], 1)
+    out = []
+    for g in range(model.groups):
+        pos = model.positions(g)
+        ctx = model._layout()[1][g]
+        inputs = torch.cat([image[:, pos], num.input(known[:, ctx]).to(image.dtype)], -1).reshape(-1, image.shape[-1] + ctx.shape[1])
+        l1, l2, l3 = model.heads[g]
+        y = num.linear(l3, num.linear(l2, num.linear(l1, inputs, relu=True), relu=True))
+        out.append(num.value(y).reshape(len(x), pos.numel(), -1))
+    return out
+
+
+@pytest.mark.parametrize("pixels, cell", [("uint8", 4), ("binary", 4), ("uint8", 7), ("binary", 2)])
+def test_heads_give_the_plain_definitions_values(pixels, cell):
+    """The heads take their group's features straight from the trunk (the outputs of ``up`` for
+    the group's sub-grid of a cell, or a gather for odd cells), rows in cell-major order, the
+    first layer's input in two parts, and the outputs put back in raster order: exactly the
+    plain definition's values in exact numerics, and to float rounding in training's."""
+    from bbcodec.models.fixedpoint import ExactNumerics, FloatNumerics, to_grid
+
+    model = tiny_model(pixels, seed=3, cell=cell)
+    x = sample_images(5) if pixels == "uint8" else sample_binary(5)
+    z = to_grid(torch.randn(5, model.config.latent_dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    groups = model.split_groups(x)
+    for num, same in ((ExactNumerics(), torch.equal), (FloatNumerics(), lambda a, b: torch.allclose(a, b, atol=1e-5))):
+        zz = z if isinstance(num, ExactNumerics) else z.float()
+        feats = model.features(zz, num)
+        with torch.no_grad():
+            expected = _plain_heads(model, x, num, zz)
+            for g in range(model.groups):
+                assert same(model.head(g, feats, groups[:g], num), expected[g]), (type(num).__name__, g)
+
+
+def test_round_trip_with_odd_cells():
+    model = tiny_model("uint8", seed=4, cell=7)
+    x = sample_images(9)
+    codec = ContextVAECodec(model, CodingParams(batch=4, lanes_per_image=49, initial_lanes=16))
+    data, _ = codec.encode(x)
+    assert torch.equal(codec.decode(data, len(x)), x)

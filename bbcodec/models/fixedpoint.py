@@ -39,8 +39,10 @@ class Numerics:
         """Wrap a float tensor whose values are exact multiples of ``2**-ACT_BITS``."""
         raise NotImplementedError
 
-    def linear(self, layer: nn.Linear, x, relu: bool = False):
-        """``layer(x)``, followed by a ReLU when ``relu``."""
+    def linear(self, layer: nn.Linear, x, relu: bool = False, outputs: torch.Tensor | None = None):
+        """``layer(x)``, followed by a ReLU when ``relu``. ``x`` may be a tuple of parts that
+        together make the input features, in order (``layer(cat(x, -1))`` without the copy);
+        ``outputs``, an index tensor: only those output features, in that order."""
         raise NotImplementedError
 
     def conv(self, layer: nn.Conv2d, x, relu: bool = False):
@@ -67,8 +69,11 @@ class FloatNumerics(Numerics):
     def input(self, x):
         return x.float()
 
-    def linear(self, layer, x, relu=False):
-        y = F.linear(x, layer.weight, layer.bias)
+    def linear(self, layer, x, relu=False, outputs=None):
+        w, b = layer.weight, layer.bias
+        if outputs is not None:
+            w, b = w[outputs], None if b is None else b[outputs]
+        y = F.linear(torch.cat(x, -1) if isinstance(x, tuple) else x, w, b)
         return F.relu(y) if relu else y
 
     def conv(self, layer, x, relu=False):
@@ -92,14 +97,20 @@ class ExactNumerics(Numerics):
     def __init__(self):
         self._cache = {}
 
-    def _weights(self, layer):
+    def _weights(self, layer, outputs: torch.Tensor | None = None):
         """(weights as a ``(fan_in, out)`` matrix of multiples of 2**-WEIGHT_BITS, bias in activation
-        units), for a Linear or a Conv2d (im2col order), cached."""
-        # the entry holds the weight tensor itself, so its id cannot be reused by another layer
-        key = (layer.weight, layer.weight._version, layer.weight.device)
-        hit = self._cache.get(id(layer))
-        if hit is not None and hit[0][0] is key[0] and hit[0][1:] == key[1:]:
+        units), for a Linear or a Conv2d (im2col order), cached; ``outputs``: only those columns."""
+        # the entry holds the weight and index tensors themselves, so their ids cannot be reused
+        key = (layer.weight, outputs, layer.weight._version, layer.weight.device)
+        slot = (id(layer), None if outputs is None else id(outputs))
+        hit = self._cache.get(slot)
+        if hit is not None and hit[0][0] is key[0] and hit[0][1] is key[1] and hit[0][2:] == key[2:]:
             return hit[1]
+        if outputs is not None:
+            w, b = self._weights(layer)
+            entry = (w[:, outputs].contiguous(), None if b is None else b[outputs])
+            self._cache[slot] = (key, entry)
+            return entry
         w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
         if w.shape[1] > MAX_FAN_IN:
             raise ValueError(f"fan-in {w.shape[1]} exceeds {MAX_FAN_IN}: exactness not guaranteed")
@@ -109,7 +120,7 @@ class ExactNumerics(Numerics):
         if layer.bias is not None:
             b = quantise(layer.bias.detach().double(), ACT_BITS, ACT_LIMIT)
         entry = (w.t().contiguous(), b)
-        self._cache[id(layer)] = (key, entry)
+        self._cache[slot] = (key, entry)
         return entry
 
     def input(self, x):
@@ -117,27 +128,45 @@ class ExactNumerics(Numerics):
         two, latents from :func:`to_grid`), to activation units."""
         return torch.clamp(x.to(torch.float64) * float(1 << ACT_BITS), -ACT_LIMIT + 1, ACT_LIMIT - 1)
 
-    def linear(self, layer, x, relu=False):
-        w, b = self._weights(layer)
+    def linear(self, layer, x, relu=False, outputs=None):
+        w, b = self._weights(layer, outputs)
         low = 0.0 if relu else -ACT_LIMIT + 1
-        if x.dim() != 2 or x.device.type != "cpu":
-            y = torch.addmm(b, x, w) if b is not None else x @ w  # exact (see module docstring)
+        parts = x if isinstance(x, tuple) else (x,)
+        # each part's product with its rows of the weights is an exact partial sum, so adding
+        # them gives the one product's integers
+        cuts = [0]
+        for part in parts:
+            cuts.append(cuts[-1] + part.shape[-1])
+        if cuts[-1] != w.shape[0]:
+            raise ValueError(f"inputs of {cuts[-1]} features for a layer of fan-in {w.shape[0]}")
+        weights = [w[lo:hi] for lo, hi in zip(cuts, cuts[1:])]
+        if parts[0].dim() != 2 or parts[0].device.type != "cpu":
+            y = torch.addmm(b, parts[0], weights[0]) if b is not None else parts[0] @ weights[0]
+            for part, wk in zip(parts[1:], weights[1:]):
+                y.addmm_(part, wk)  # exact (see module docstring)
             return y.round_().clamp_(low, ACT_LIMIT - 1)
+        n = parts[0].shape[0]
         narrow = w.shape[1] <= NARROW
         # a narrow layer's transpose, out x rows: BLAS runs this shape about twice as fast on the
         # CPU (48 -> 14 outputs: 7 -> 13 GMAC/s), and the exact sums are the same
-        y_t = x.new_empty(w.shape[1], x.shape[0]) if narrow else None
-        y = y_t.t() if narrow else x.new_empty(x.shape[0], w.shape[1])
+        y_t = parts[0].new_empty(w.shape[1], n) if narrow else None
+        y = y_t.t() if narrow else parts[0].new_empty(n, w.shape[1])
 
         def rows(lo, hi):
-            if narrow:
-                out, left, right, bias = y_t[:, lo:hi], w.t(), x[lo:hi].t(), None if b is None else b.reshape(-1, 1)
-            else:
-                out, left, right, bias = y[lo:hi], x[lo:hi], w, b
-            torch.addmm(bias, left, right, out=out) if bias is not None else torch.mm(left, right, out=out)
+            for k, (part, wk) in enumerate(zip(parts, weights)):
+                if narrow:
+                    out, left, right, bias = y_t[:, lo:hi], wk.t(), part[lo:hi].t(), None if b is None else b.reshape(-1, 1)
+                else:
+                    out, left, right, bias = y[lo:hi], part[lo:hi], wk, b
+                if k:
+                    out.addmm_(left, right)
+                elif bias is not None:
+                    torch.addmm(bias, left, right, out=out)
+                else:
+                    torch.mm(left, right, out=out)
             out.round_().clamp_(low, ACT_LIMIT - 1)
 
-        run_blocks(split(x.shape[0], x.shape[0] * w.numel()), rows)
+        run_blocks(split(n, n * w.numel()), rows)
         return y
 
     def conv(self, layer, x, relu=False):
