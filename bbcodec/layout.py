@@ -7,6 +7,7 @@ holding one segment (:mod:`bbcodec.segments`) per piece of each pyramid level.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import torch
@@ -16,10 +17,25 @@ from .coding_params import split_coding
 from .errors import BBCodecError
 from .registry import architecture
 from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
+from .threads import run_chunks
 
 
 def _ticker(progress, total):
     return None if progress is None else (lambda n: progress(n, total))
+
+
+def _serialised(tick):
+    """``tick`` called under a lock: the chunks of :func:`threads.run_chunks` report from
+    several threads."""
+    if tick is None:
+        return None
+    lock = threading.Lock()
+
+    def locked(n):
+        with lock:
+            tick(n)
+
+    return locked
 
 
 class Layout:
@@ -171,14 +187,17 @@ class Layout:
         parts = self.chunk_parts(images, chunk)
         if workers is not None and len(parts) > 1:
             return workers.encode(self, parts, tick)
-        codecs = None if self.whole_images else self.codecs()
-        chunks, counts, stats = [], [], []
-        for index, part in enumerate(parts):
-            data, count, st = self.encode_chunk(index, part, tick, codecs)
-            chunks.append(data)
-            counts.append(count)
-            stats.append(st)
-        return chunks, counts, stats
+        tick = _serialised(tick)
+        shared = {}  # the codecs for runs of units, one set per thread of run_chunks
+
+        def encode(index):
+            codecs = None
+            if not self.whole_images:
+                codecs = shared.setdefault(threading.get_ident(), self.codecs())
+            return self.encode_chunk(index, parts[index], tick, codecs)
+
+        coded = run_chunks(len(parts), encode)
+        return [c[0] for c in coded], [c[1] for c in coded], [c[2] for c in coded]
 
     def decode_chunk(self, index: int, data: bytes, count: int, progress=None) -> torch.Tensor:
         """Chunk ``index`` of ``count`` units, decoded: its images ``(n, C, H, W)`` when chunks
@@ -212,8 +231,8 @@ class Layout:
         tick = _ticker(progress, self.unit_count())
         if workers is not None and len(chunks) > 1:
             return self.assemble(workers.decode(self, chunks, counts, tick))
-        return self.assemble([self.decode_chunk(index, data, count, tick)
-                              for index, (data, count) in enumerate(zip(chunks, counts))])
+        tick = _serialised(tick)
+        return self.assemble(run_chunks(len(chunks), lambda index: self.decode_chunk(index, chunks[index], counts[index], tick)))
 
     def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
         """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""

@@ -66,11 +66,64 @@ def configure(threads: int | None = None, training: bool = False) -> int:
 def coding_threads() -> int:
     """Threads the exact networks split a large product over: :func:`configure`'s count, and 1
     where torch runs several threads itself (the API without :func:`configure`, or a caller's
-    ``torch.set_num_threads``), whose own pool then parallelises each product."""
+    ``torch.set_num_threads``), whose own pool then parallelises each product; 1 in a thread of
+    :func:`run_chunks` while another chunk thread is still at work."""
     torch = sys.modules.get("torch")
     if _coding_threads is None or (torch is not None and torch.get_num_threads() > 1):
         return 1
+    group = getattr(_local, "chunks", None)
+    if group is not None and group.active > 1:
+        return 1
     return _coding_threads
+
+
+class _ChunkGroup:
+    def __init__(self, count: int, threads: int):
+        import itertools
+
+        self.count, self.active = count, threads
+        self.next = itertools.count()  # next() on it is atomic under the GIL
+        self.lock = threading.Lock()
+        self.errors = []
+
+
+def run_chunks(count: int, work) -> list:
+    """``[work(0), ..., work(count - 1)]`` for independent chunks. With several coding threads
+    and several chunks, the chunks run concurrently, one per thread (the caller's among them),
+    each thread computing its own chunk's networks: a chunk's serial parts (the entropy coder,
+    the steps between network calls) no longer leave the other cores idle. The last chunk still
+    at work gets the whole pool back. The results are the same whatever the threads; the first
+    exception is raised once every thread has stopped."""
+    n = min(coding_threads(), count)
+    if n < 2 or getattr(_local, "in_pool", False) or getattr(_local, "chunks", None) is not None:
+        return [work(k) for k in range(count)]
+    import torch
+
+    group, results = _ChunkGroup(count, n), [None] * count
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+
+    def serve():
+        _local.chunks = group
+        try:
+            with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):
+                while not group.errors and (k := next(group.next)) < count:
+                    results[k] = work(k)
+        except BaseException as exc:  # handed to the caller
+            group.errors.append(exc)
+        finally:
+            _local.chunks = None
+            with group.lock:
+                group.active -= 1
+
+    helpers = [threading.Thread(target=serve, name=f"bbcodec-chunk-{k + 1}", daemon=True) for k in range(n - 1)]
+    for thread in helpers:
+        thread.start()
+    serve()
+    for thread in helpers:
+        thread.join()
+    if group.errors:
+        raise group.errors[0]
+    return results
 
 
 class _SplitPool:

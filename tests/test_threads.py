@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -162,3 +163,61 @@ def test_configure_before_torch(threads_arg, mode, expected):
                        env={**os.environ, "BBCODEC_THREADS": ""})
     assert r.returncode == 0, r.stderr
     assert tuple(map(int, r.stdout.split())) == expected
+
+
+def test_chunks_run_one_per_thread_and_raise_once_all_have_stopped(split_threads):
+    split_threads(2)
+    seen, started, stopped = {}, [threading.Event(), threading.Event()], []
+
+    def work(k):
+        seen[k] = (threading.current_thread().name, threads.coding_threads())
+        started[k].set()
+        assert started[1 - k].wait(10), "both chunks should run at once, on two threads"
+        if k:
+            raise ValueError("chunk failed")
+        stopped.append(k)
+        return k
+
+    with pytest.raises(ValueError, match="chunk failed"):
+        threads.run_chunks(2, work)
+    assert stopped == [0]  # the other chunk had finished before the error was raised
+    assert {name for name, _ in seen.values()} == {threading.current_thread().name, "bbcodec-chunk-1"}
+    assert [share for _, share in seen.values()] == [1, 1]  # each thread computes its own networks
+    both, alone = [threading.Event(), threading.Event()], []
+
+    def last_gets_the_pool(k):
+        both[k].set()
+        assert both[1 - k].wait(10)
+        if k == 1:  # once chunk 0's thread has run out of chunks, this one computes on both threads
+            deadline = time.monotonic() + 10
+            while threads.coding_threads() != 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            alone.append(threads.coding_threads())
+        return k
+
+    assert threads.run_chunks(2, last_gets_the_pool) == [0, 1]
+    assert alone == [2] and threads.coding_threads() == 2
+
+
+def test_chunks_coded_in_threads_give_the_same_bytes(split_threads, tmp_path):
+    from bbcodec import api
+    from helpers import save_tiny
+
+    model = tmp_path / "tiny"
+    save_tiny(model, "uint8", seed=2, coding={"bits_per_image": 2000.0, "batch": 4, "lanes_per_image": 49,
+                                              "initial_lanes": 16})
+    x = sample_images(30)
+    single = api.compress_images(x, str(model), chunk=7, fallback=False)
+    from bbcodec.container import Container
+
+    assert len(Container.from_bytes(single).chunks) == 5
+    split_threads(2)
+    assert api.compress_images(x, str(model), chunk=7, fallback=False) == single
+    restored = api.decompress_data(single, model=str(model))[0]
+    split_threads(1)
+    assert restored == api.decompress_data(single, model=str(model))[0]
+    import io
+
+    import numpy as np
+
+    assert np.array_equal(np.load(io.BytesIO(restored)), x.numpy())
