@@ -95,13 +95,14 @@ def test_posteriors_computed_ahead_give_the_same_bytes(monkeypatch):
     import contextlib
 
     import bbcodec.image_codecs.hierarchical as H
+    from bbcodec.image_codecs.ahead import RowsAhead
 
     model = tiny_colour_model()
     x = torch.randint(0, 256, (23, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     codec = HierarchicalVAECodec(model, CodingParams(batch=3, lanes_per_image=16, initial_lanes=8, bits_per_image=800))
     used = []
-    rows = H._RowsAhead.rows
-    monkeypatch.setattr(H._RowsAhead, "rows", lambda self, t: used.append(rows(self, t)) or used[-1])
+    rows = RowsAhead.rows
+    monkeypatch.setattr(RowsAhead, "rows", lambda self, t: used.append(rows(self, t)) or used[-1])
     ahead, _ = codec.encode(x)
     assert used and all(r is not None for r in used)
     monkeypatch.setattr(H.HierarchicalVAEBitsBack, "posteriors_ahead", lambda self, units, batch: contextlib.nullcontext())
@@ -112,11 +113,11 @@ def test_posteriors_computed_ahead_give_the_same_bytes(monkeypatch):
 def test_rows_ahead_serves_views_only():
     from concurrent.futures import ThreadPoolExecutor
 
-    from bbcodec.image_codecs.hierarchical import _RowsAhead
+    from bbcodec.image_codecs.ahead import RowsAhead
 
     units = torch.arange(7 * 2 * 3, dtype=torch.int64).reshape(7, 2, 3)
     with ThreadPoolExecutor(1) as pool:
-        ahead = _RowsAhead(units, 3, pool, lambda t: ((t * 2, t + 1), t.sum((1, 2))))
+        ahead = RowsAhead(units, 3, pool, lambda t: ((t * 2, t + 1), t.sum((1, 2))))
         for a, b in ((0, 7), (1, 2), (2, 5), (3, 6), (6, 7)):
             (twice, plus), sums = ahead.rows(units[a:b])
             assert torch.equal(twice, units[a:b] * 2) and torch.equal(plus, units[a:b] + 1)
@@ -124,7 +125,7 @@ def test_rows_ahead_serves_views_only():
         assert ahead.rows(units[2:5].clone()) is None and ahead.rows(units[:, :1]) is None
         assert ahead.rows(units[::2]) is None and ahead.rows(units[2:5].to(torch.int32)) is None
     with ThreadPoolExecutor(1) as pool:  # in order, as the encoder asks: earlier runs are let go
-        ahead = _RowsAhead(torch.arange(40, dtype=torch.int64).reshape(40, 1), 2, pool, lambda t: (t,))
+        ahead = RowsAhead(torch.arange(40, dtype=torch.int64).reshape(40, 1), 2, pool, lambda t: (t,))
         for a in range(0, 40, 5):
             assert torch.equal(ahead.rows(ahead.units[a: a + 5])[0], ahead.units[a: a + 5])
             assert len(ahead.futures) <= 3 + 4 and ahead.submitted <= (a + 5) // 2 + 1 + 4

@@ -7,7 +7,6 @@ pixel level coarse to fine, one per channel), as the context VAE's is over four.
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import torch
@@ -19,6 +18,7 @@ from ..coding_params import CodingParams
 from ..models.fixedpoint import ExactNumerics, to_grid
 from ..protocol import BitsBackModel
 from ..scale_maps import scale_map
+from .ahead import rows_ahead
 from .generic import ProtocolCodec
 
 
@@ -55,64 +55,6 @@ class _Copy(C.Codec):
 
     def pop(self, message):
         return self.value
-
-
-AHEAD = 4  # runs of the encoder's posteriors computed ahead of the batch being coded
-
-
-class _RowsAhead:
-    """``fn`` of ``units`` in runs of ``step`` rows, computed in order by ``pool``, at most
-    :data:`AHEAD` runs beyond the last one asked for (memory stays bounded, and runs already used
-    are let go); :meth:`rows` of a tensor that is a run of rows of ``units`` (a view of it), or None
-    for any other tensor or for rows let go. ``fn`` maps ``(n, ...)`` to a nest of tuples of
-    tensors with ``n`` rows."""
-
-    def __init__(self, units, step, pool, fn):
-        def run(part):
-            with torch.inference_mode():
-                return fn(part)
-
-        self.units, self.step, self.pool, self.run = units, step, pool, run
-        self.futures, self.submitted, self.count = {}, 0, -(-len(units) // step)
-        self._submit_until(AHEAD)
-
-    def _submit_until(self, end):
-        while self.submitted < min(end, self.count):
-            a = self.submitted * self.step
-            self.futures[self.submitted] = self.pool.submit(self.run, self.units[a: a + self.step])
-            self.submitted += 1
-
-    def rows(self, x):
-        u = self.units
-        row_bytes = u.stride(0) * u.element_size()
-        offset = x.data_ptr() - u.data_ptr()
-        if (x.dtype != u.dtype or x.shape[1:] != u.shape[1:] or x.stride() != u.stride() or len(x) == 0
-                or x.untyped_storage().data_ptr() != u.untyped_storage().data_ptr() or offset % row_bytes):
-            return None
-        first = offset // row_bytes
-        end = first + len(x)
-        if first < 0 or end > len(u):
-            return None
-        lo, hi = first // self.step, (end - 1) // self.step + 1
-        self._submit_until(hi + AHEAD)
-        if any(i not in self.futures for i in range(lo, hi)):
-            return None
-        parts = [self.futures[i].result() for i in range(lo, hi)]
-        for i in [i for i in self.futures if i < lo]:  # batches come in order: these are used
-            del self.futures[i]
-        return _cat_rows(parts, first - lo * self.step, len(x))
-
-    def cancel(self):
-        for f in self.futures.values():
-            f.cancel()
-
-
-def _cat_rows(parts, skip, n):
-    """Rows ``skip .. skip + n`` of the row-wise concatenation of ``parts`` (equal nests of tuples)."""
-    if isinstance(parts[0], tuple):
-        return tuple(_cat_rows([p[i] for p in parts], skip, n) for i in range(len(parts[0])))
-    whole = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return whole[skip: skip + n]
 
 
 class HierarchicalVAEBitsBack(BitsBackModel):
@@ -152,16 +94,15 @@ class HierarchicalVAEBitsBack(BitsBackModel):
     @contextlib.contextmanager
     def posteriors_ahead(self, units: torch.Tensor, batch: int):
         """While in the context, ``q(z|x)``'s parameters of ``units`` (int64 tiles ``(N, C, T, T)``)
-        are computed ``batch`` tiles at a time, in order, in a worker thread (torch releases the
-        GIL), and a batch that is a run of rows of ``units`` takes them from there: the encoder's
+        are computed ``batch`` tiles at a time, in order, in a worker thread (:class:`.ahead.RowsAhead`),
+        and a batch that is a run of rows of ``units`` takes them from there: the encoder's
         posteriors do not depend on the message. The exact networks compute every tile on its own,
         so the values are those of the batch's own call (the golden files check the bytes)."""
-        with ThreadPoolExecutor(1) as pool:
-            self._ahead = _RowsAhead(units, max(1, batch), pool, self._posterior_of)
+        with rows_ahead(units, batch, self._posterior_of) as ahead:
+            self._ahead = ahead
             try:
                 yield
             finally:
-                self._ahead.cancel()
                 self._ahead = None
 
     def _posterior_of(self, x):
