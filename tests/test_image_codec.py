@@ -220,4 +220,3 @@ def test_round_trip_with_odd_cells():
     codec = ContextVAECodec(model, CodingParams(batch=4, lanes_per_image=49, initial_lanes=16))
     data, _ = codec.encode(x)
     assert torch.equal(codec.decode(data, len(x)), x)
-
