@@ -193,7 +193,9 @@ class Layout:
         def encode(index):
             codecs = None
             if not self.whole_images:
-                codecs = shared.setdefault(threading.get_ident(), self.codecs())
+                if threading.get_ident() not in shared:
+                    shared[threading.get_ident()] = self.codecs()
+                codecs = shared[threading.get_ident()]
             return self.encode_chunk(index, parts[index], tick, codecs)
 
         coded = run_chunks(len(parts), encode)
