@@ -2,8 +2,10 @@
 
 The MNIST test set (../shared/data/mnist, the first ``--limit`` images written as a plain IDX
 file) is compressed and decompressed in chunks of ``--chunk`` images with each worker count of
-``--jobs`` (default 1 and 2), ``--repeats`` times each (medians reported). Every run is a fresh
-process (``--threads`` torch threads in the main process; the workers use one each), so its
+``--jobs`` (default 1 and 2) and each coding-thread count of ``--threads`` (default 1; with 2 and
+one job, the chunks are coded two at a time in threads of the main process), ``--repeats`` times
+each, the configurations alternating (medians reported). Every run is a fresh
+process (the workers use one thread each), so its
 times include starting the workers, and its peak RSS is its own: the main process's
 (``getrusage(RUSAGE_SELF)``) and the largest worker's (``RUSAGE_CHILDREN``, the workers being
 reaped when the run ends); ``total_rss_bound_mb`` is main + jobs x worker. The outputs of every
@@ -15,6 +17,7 @@ is an estimate: it assumes 16 free cores, enough chunks (``--chunk 625`` gives 1
 images) and memory bandwidth that keeps up, and that the 2-worker run had two free cores.
 
     python bench/jobs.py --json bench/results/jobs.json               # 10,000 images, --chunk 2500
+    python bench/jobs.py --threads 1,2 --jobs 1,2 --json bench/results/jobs.json   # threads too
     python bench/jobs.py --limit 1000 --chunk 250 --repeats 1          # a quick check
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ def run_one(args) -> None:
     sys.path.insert(0, str(ROOT))
     from bbcodec.threads import configure
 
-    configure(args.threads)  # before torch is imported
+    configure(int(args.threads))  # before torch is imported
     import resource
 
     from bbcodec import api
@@ -71,7 +74,7 @@ def main():
     ap.add_argument("--chunk", type=int, default=2500, help="images per chunk")
     ap.add_argument("--jobs", default="1,2", help="worker counts, comma-separated")
     ap.add_argument("--repeats", type=int, default=3, help="runs per worker count (medians reported)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    ap.add_argument("--threads", default="1", help="coding threads of the main process, comma-separated")
     ap.add_argument("--model", default=None, help="model name or path (default: chosen from the data)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "jobs.json")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one measured run
@@ -91,42 +94,44 @@ def main():
     src.write_bytes(raw[:4] + struct.pack(">I", n) + raw[8:16] + raw[16:16 + n * 784])
     chunks = -(-n // args.chunk)
     worker_counts = [int(j) for j in args.jobs.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    configs = [(threads, jobs) for threads in thread_counts for jobs in worker_counts]
     runs = {}
-    for jobs in worker_counts:
-        for r in range(args.repeats):
+    for r in range(args.repeats):
+        for threads, jobs in configs:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(jobs), "--input", str(src),
-                   "--out", str(tmp / f"run-{jobs}-{r}"), "--chunk", str(args.chunk), "--threads", str(args.threads)]
+                   "--out", str(tmp / f"run-{threads}-{jobs}-{r}"), "--chunk", str(args.chunk), "--threads", str(threads)]
             if args.model:
                 cmd += ["--model", args.model]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
-                sys.exit(f"run failed (jobs={jobs}):\n{done.stderr}")
+                sys.exit(f"run failed (threads={threads}, jobs={jobs}):\n{done.stderr}")
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            runs.setdefault(jobs, []).append(row)
-            print(f"jobs {jobs} run {r + 1}: compress {row['compress_seconds']:.1f} s, decompress "
+            runs.setdefault((threads, jobs), []).append(row)
+            print(f"threads {threads} jobs {jobs} run {r + 1}: compress {row['compress_seconds']:.1f} s, decompress "
                   f"{row['decompress_seconds']:.1f} s, peak RSS main {row['main_peak_rss_mb']:.0f} MB, "
                   f"worker {row['worker_peak_rss_mb']:.0f} MB", flush=True)
-    base = runs[worker_counts[0]][0]["output_sha256"]
+    base = runs[configs[0]][0]["output_sha256"]
     table = []
-    for jobs, rows in runs.items():
+    for (threads, jobs), rows in runs.items():
         med = {k: statistics.median(x[k] for x in rows) for k in ("compress_seconds", "decompress_seconds")}
         main_mb, worker_mb = max(x["main_peak_rss_mb"] for x in rows), max(x["worker_peak_rss_mb"] for x in rows)
-        table.append({"jobs": jobs, "workers_used": min(jobs, chunks) if jobs > 1 else 0, **med,
+        table.append({"threads": threads, "jobs": jobs, "workers_used": min(jobs, chunks) if jobs > 1 else 0, **med,
                       "round_trip_seconds": med["compress_seconds"] + med["decompress_seconds"],
                       "main_peak_rss_mb": main_mb, "worker_peak_rss_mb": worker_mb,
                       "total_rss_bound_mb": main_mb + (min(jobs, chunks) if jobs > 1 else 0) * worker_mb,
                       "same_bytes_as_first": all(x["output_sha256"] == base for x in rows),
                       "restored_ok": all(x["restored_ok"] for x in rows), "runs": rows})
-    one = next((t for t in table if t["jobs"] == 1), table[0])
+    one = table[0]  # the first configuration: the reference of every speed-up
     for t in table:
         t["speedup"] = {k: one[k] / t[k] for k in ("compress_seconds", "decompress_seconds", "round_trip_seconds")}
     result = {"images": n, "chunk": args.chunk, "chunks": chunks, "repeats": args.repeats,
-              "main_threads": args.threads, "worker_threads": 1, "cpus": os.cpu_count(),
+              "main_threads": thread_counts, "worker_threads": 1, "cpus": os.cpu_count(),
               "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
               "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
               "machine": platform.platform(), "model": one["runs"][0]["model"],
               "output_bytes": one["runs"][0]["output_bytes"], "table": table}
-    two = next((t for t in table if t["jobs"] == 2), None)
+    two = next((t for t in table if t["jobs"] == 2 and t["threads"] == one["threads"]), None)
     if two is not None:
         s2 = two["speedup"]["round_trip_seconds"]
         f = min(1.0, max(0.0, 2.0 / s2 - 1.0))  # Amdahl: 1/s2 = f + (1 - f)/2
@@ -140,7 +145,7 @@ def main():
                      "had two free cores (with other work on the machine it underestimates)")}
     print(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
     for t in table:
-        print(f"jobs {t['jobs']}: compress {t['compress_seconds']:.1f} s, decompress {t['decompress_seconds']:.1f} s, "
+        print(f"threads {t['threads']} jobs {t['jobs']}: compress {t['compress_seconds']:.1f} s, decompress {t['decompress_seconds']:.1f} s, "
               f"round trip x{t['speedup']['round_trip_seconds']:.2f}; peak RSS main {t['main_peak_rss_mb']:.0f} MB, "
               f"worker {t['worker_peak_rss_mb']:.0f} MB (total at most {t['total_rss_bound_mb']:.0f} MB); "
               f"same bytes {t['same_bytes_as_first']}, restored {t['restored_ok']}")
