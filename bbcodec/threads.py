@@ -78,38 +78,38 @@ def coding_threads() -> int:
 
 
 class _ChunkGroup:
-    def __init__(self, count: int, threads: int):
-        import itertools
+    """The threads of one :func:`run_chunks`: how many are still at work."""
 
-        self.count, self.active = count, threads
-        self.next = itertools.count()  # next() on it is atomic under the GIL
-        self.lock = threading.Lock()
-        self.errors = []
+    def __init__(self, threads: int):
+        self.active, self.lock = threads, threading.Lock()
 
 
 def run_chunks(count: int, work) -> list:
     """``[work(0), ..., work(count - 1)]`` for independent chunks. With several coding threads
     and several chunks, the chunks run concurrently, one per thread (the caller's among them),
     each thread computing its own chunk's networks: a chunk's serial parts (the entropy coder,
-    the steps between network calls) no longer leave the other cores idle. The last chunk still
-    at work gets the whole pool back. The results are the same whatever the threads; the first
-    exception is raised once every thread has stopped."""
+    the steps between network calls) no longer leave the other cores idle. The chunks are claimed
+    one at a time, as a split's blocks are (:class:`_Call`), and the last chunk still at work gets
+    the whole pool back. The results are the same whatever the threads; the first exception is
+    raised once every chunk under way has stopped."""
     n = min(coding_threads(), count)
     if n < 2 or getattr(_local, "in_pool", False) or getattr(_local, "chunks", None) is not None:
         return [work(k) for k in range(count)]
     import torch
 
-    group, results = _ChunkGroup(count, n), [None] * count
+    group, results = _ChunkGroup(n), [None] * count
     modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+
+    def store(k):
+        results[k] = work(k)
+
+    call = _Call([(k,) for k in range(count)], store)
 
     def serve():
         _local.chunks = group
         try:
             with torch.inference_mode(modes[0]), torch.set_grad_enabled(modes[1]):
-                while not group.errors and (k := next(group.next)) < count:
-                    results[k] = work(k)
-        except BaseException as exc:  # handed to the caller
-            group.errors.append(exc)
+                call.claim_and_run()
         finally:
             _local.chunks = None
             with group.lock:
@@ -119,10 +119,11 @@ def run_chunks(count: int, work) -> list:
     for thread in helpers:
         thread.start()
     serve()
+    call.wait()
     for thread in helpers:
         thread.join()
-    if group.errors:
-        raise group.errors[0]
+    if call.errors:
+        raise call.errors[0]
     return results
 
 

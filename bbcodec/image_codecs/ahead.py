@@ -52,17 +52,17 @@ class RowsAhead:
         parts = [self.futures[i].result() for i in range(lo, hi)]
         for i in [i for i in self.futures if i < lo]:  # batches come in order: these are used
             del self.futures[i]
-        return cat_rows(parts, first - lo * self.step, len(x))
+        return _cat_rows(parts, first - lo * self.step, len(x))
 
     def cancel(self):
         for f in self.futures.values():
             f.cancel()
 
 
-def cat_rows(parts, skip, n):
+def _cat_rows(parts, skip, n):
     """Rows ``skip .. skip + n`` of the row-wise concatenation of ``parts`` (equal nests of tuples)."""
     if isinstance(parts[0], tuple):
-        return tuple(cat_rows([p[i] for p in parts], skip, n) for i in range(len(parts[0])))
+        return tuple(_cat_rows([p[i] for p in parts], skip, n) for i in range(len(parts[0])))
     whole = parts[0] if len(parts) == 1 else torch.cat(parts)
     return whole[skip: skip + n]
 

@@ -79,16 +79,16 @@ class ContextVAE(nn.Module):
         for g in range(self.groups):
             # each group's rows go through the heads in cell-major order, the order the trunk
             # gives them; the heads' outputs are put back in the group's raster order
-            by_cell = torch.argsort(in_cells[positions[g]])
+            cell_index, by_cell = torch.sort(in_cells[positions[g]])
             self.register_buffer(f"pos{g}", positions[g], persistent=False)
             self.register_buffer(f"ctx{g}", contexts[g][by_cell], persistent=False)
             self.register_buffer(f"raster{g}", torch.argsort(by_cell), persistent=False)
             if c.cell % 2 == 0:  # every cell holds the same sub-grid of each group: its outputs of `up`
-                sub = in_cells[positions[g]][by_cell][: (c.cell // 2) ** 2]
+                sub = cell_index[: (c.cell // 2) ** 2]
                 self.register_buffer(f"up{g}", (sub[:, None] * c.features + torch.arange(c.features)).reshape(-1),
                                      persistent=False)
             else:
-                self.register_buffer(f"fcm{g}", in_cells[positions[g]][by_cell], persistent=False)
+                self.register_buffer(f"fcm{g}", cell_index, persistent=False)
         self.heads = nn.ModuleList(
             nn.ModuleList([nn.Linear(c.features + contexts[g].shape[1], c.head_hidden),
                            nn.Linear(c.head_hidden, c.head_hidden),
