@@ -27,7 +27,7 @@ from .errors import BBCodecError
 from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_output as _check_output,
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
 from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
-from .layout import Layout
+from .layout import MAP_KEYS, Layout
 from .parallel import resolve_jobs, workers_for
 from .protocol import default_coding, is_protocol_model
 from .registry import architecture
@@ -517,8 +517,8 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     params = layout.stored_params()
     elbo = Layout(loaded, images.shape, params).negative_elbo(images, seed=elbo_seed)
     unadapted = elbo
-    if any(v for key in ("scale_shifts", "scale_slopes") for level in params.get(key, ()) for v in level):
-        plain = {**params, "scale_shifts": (), "scale_slopes": ()}
+    if any(v for key in MAP_KEYS for level in params.get(key, ()) for v in level):
+        plain = {**params, **{key: () for key in MAP_KEYS}}
         unadapted = Layout(loaded, images.shape, plain).negative_elbo(images, seed=elbo_seed)
     total_bits = 8 * len(box.to_bytes())
     container_bits = 8 * box.header_bytes()

@@ -29,7 +29,7 @@ MODEL_DEFAULT = None  # old_default: a file without the key takes the model's co
 class Option:
     name: str
     kind: type  # int, float, bool, or tuple (per pyramid level, a list of integers)
-    bounds: tuple  # (lowest, highest) for int and float; () otherwise
+    bounds: tuple  # (lowest, highest) for int and float; for tuple, (most levels, most integers per level)
     default: object  # when neither the model's coding defaults nor the user give it
     stored: bool  # recorded in files (the decoder needs it), or read by the encoder alone
     doc: str
@@ -62,19 +62,23 @@ OPTIONS = (
     Option("pop_bits_per_image", float, (0.0, 1e9), 400.0, True,
            "bits an image's latents' bits-back pop takes, about ``latent_dim * latent_bits - KL`` (an "
            "estimate that paces the start-up)"),
-    Option("scale_shifts", tuple, (), (), True,
+    Option("scale_shifts", tuple, (64, 64), (), True,
            "tiled models: per coded pyramid level, one integer per pixel group, the shift of the "
            "group's log-scales in units of :data:`bbcodec.scale_maps.SCALE_SHIFT_UNIT` (empty: none)"),
-    Option("scale_slopes", tuple, (), (), True,
+    Option("scale_slopes", tuple, (64, 64), (), True,
            "tiled models: as ``scale_shifts``, the slope of the log-scales minus one in units of "
            ":data:`bbcodec.scale_maps.SCALE_SLOPE_UNIT`"),
     Option("adapt", bool, (), False, False,
-           "tiled models: choose scale_shifts and scale_slopes for the data when encoding",
+           "tiled models: choose scale_slopes and output_offsets for the data when encoding",
            cli="tiled models: fit each pixel step's scales to the data, stored in the file (default: the model's)"),
-    Option("lead_tiles", tuple, (), None, True,
+    Option("lead_tiles", tuple, (64, 64), None, True,
            "tiled models: per pyramid level, the tile sizes of its first rows of tiles (empty: one row of "
            "patch-sized tiles on the first level; the encoder's default, None, chooses them with "
            ":func:`bbcodec.plan.lead_tiles`)", old_default=()),
+    Option("output_offsets", tuple, (64, 1 << 12), (), True,
+           "tiled models: per coded pyramid level, for each pixel group in turn, the offsets added to its "
+           "raw likelihood parameters, in units of :data:`bbcodec.scale_maps.OFFSET_UNIT` (empty: none)",
+           old_default=()),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -132,8 +136,8 @@ def check_coding(coding: dict) -> None:
         if kind is bool:
             ok = type(value) is bool
         elif kind is tuple:
-            ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(
-                isinstance(level, (list, tuple)) and len(level) <= 64 for level in value)
+            ok = isinstance(value, (list, tuple)) and len(value) <= bounds[0] and all(
+                isinstance(level, (list, tuple)) and len(level) <= bounds[1] for level in value)
         elif kind is int:
             ok = type(value) is int and bounds[0] <= value <= bounds[1]
         else:

@@ -207,6 +207,13 @@ def _means_absent(key: str, value) -> bool:
     return list(value) == list(default) if isinstance(default, tuple) else value == default and type(value) is type(default)
 
 
+def coding_header_bytes(coding: dict) -> int:
+    """About what coding parameters add to a header: their positional list as compact JSON,
+    zlib-compressed (the header is compressed as a whole, so differences are what counts)."""
+    values = [coding.get(k) for k in CODING_KEYS]
+    return len(zlib.compress(json.dumps(values, separators=(",", ":")).encode(), 9))
+
+
 @dataclass
 class Container:
     model_name: str

@@ -14,6 +14,7 @@ import torch
 
 from . import plan, scale_maps, tiling
 from .coding_params import split_coding
+from .container import coding_header_bytes
 from .errors import BBCodecError
 from .registry import architecture
 from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
@@ -48,7 +49,7 @@ class Layout:
     gives. Greyscale images given to a colour model are coded in its grey mode (one channel, the
     others implied). ``coding`` (over the model's coding defaults) holds stored parameters
     (:attr:`params`) and encoder options (:attr:`options`). With ``adapt``, :meth:`encode` first
-    chooses each level's scale shifts and slopes from a sample of its tiles
+    fits each level's scale maps (shifts, slopes and output offsets) to a sample of its tiles
     (:mod:`bbcodec.scale_maps`); they are then part of :meth:`stored_params`.
     """
 
@@ -73,8 +74,10 @@ class Layout:
         # the flat list of segments: (level index, piece index)
         self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
         groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
-        for key in ("scale_shifts", "scale_slopes"):
-            setattr(self.params, key, scale_maps.check_level_maps(getattr(self.params, key), key, len(self.levels), groups))
+        nout = self.loaded.model.likelihood.nout if self.levels else 1
+        for key in MAP_KEYS:
+            setattr(self.params, key, scale_maps.check_level_maps(getattr(self.params, key), key, len(self.levels),
+                                                                  groups, nout))
 
     def _chosen_leads(self) -> tuple:
         """The lead tiles an encoder stores: :func:`plan.lead_tiles` of the first level from the
@@ -92,7 +95,8 @@ class Layout:
         p = self.params
         return self.arch.codec(self.loaded.model, p, grey=self.grey, tile=tile,
                                shifts=p.scale_shifts[level] if p.scale_shifts else None,
-                               slopes=p.scale_slopes[level] if p.scale_slopes else None)
+                               slopes=p.scale_slopes[level] if p.scale_slopes else None,
+                               offsets=p.output_offsets[level] if p.output_offsets else None)
 
     def codecs(self) -> list:
         """One codec per segment of a chunk (per piece of each pyramid level; one for whole images)."""
@@ -101,15 +105,22 @@ class Layout:
         return [self._codec(k, self.levels[k].pieces[i].tile) for k, i in self.pieces]
 
     def adapt(self, images: torch.Tensor) -> None:
-        """Choose the scale maps for ``images`` (if ``adapt`` is set and none are set yet): per
-        level, from a sample of its tiles spread over the images (:func:`scale_maps.choose_level_maps`)."""
-        if not (self.levels and self.options.adapt) or self.params.scale_shifts or self.params.scale_slopes:
+        """Fit the scale maps to ``images`` (if ``adapt`` is set and none are set yet): per level,
+        to a sample of its tiles spread over the images (:func:`scale_maps.choose_level_maps`).
+        Maps that change nothing are not stored, and none are where they would not save what they
+        add to the header."""
+        if not (self.levels and self.options.adapt) or any(getattr(self.params, key) for key in MAP_KEYS):
             return
         h, w = self.shape[-2:]
         sample = scale_maps.sample_images(images, h * w)
-        shifts, slopes = scale_maps.choose_level_maps(self.loaded.model, self.segments(sample),
-                                                      [k for k, _ in self.pieces], len(self.levels))
-        self.params = replace(self.params, scale_shifts=shifts, scale_slopes=slopes)
+        maps, saving_bits = scale_maps.choose_level_maps(self.loaded.model, self.segments(sample),
+                                                         [k for k, _ in self.pieces], len(self.levels))
+        # only the kinds of map in use are stored, and only if they save more than the header grows
+        mapped = replace(self.params, **{key: values for key, values in zip(MAP_KEYS, maps)
+                                         if any(v for level in values for v in level)})
+        header_bits = 8 * (coding_header_bytes(mapped.to_dict()) - coding_header_bytes(self.params.to_dict()))
+        if saving_bits > header_bits:
+            self.params = mapped
 
     @property
     def whole_images(self) -> bool:
@@ -270,6 +281,9 @@ class Layout:
         if self.arch.tiled:
             params["tile"] = self.params.tile or self.loaded.config.get("patch")
         return params
+
+
+MAP_KEYS = ("scale_shifts", "scale_slopes", "output_offsets")  # the stored scale maps
 
 
 def make_codec(loaded, coding: dict | None = None, shape=None):

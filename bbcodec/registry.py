@@ -84,10 +84,11 @@ def _build_hierarchical(config):
     return HierarchicalVAE(HierarchicalVAEConfig.from_dict(config))
 
 
-def _codec_hierarchical(model, params, grey=False, tile=None, shifts=None, slopes=None):
+def _codec_hierarchical(model, params, grey=False, tile=None, shifts=None, slopes=None, offsets=None):
     from .image_codecs.hierarchical import HierarchicalVAECodec
 
-    return HierarchicalVAECodec(model, params, grey=grey, tile=tile, scale_shifts=shifts, scale_slopes=slopes)
+    return HierarchicalVAECodec(model, params, grey=grey, tile=tile, scale_shifts=shifts, scale_slopes=slopes,
+                                output_offsets=offsets)
 
 
 def _check_hierarchical(loaded, images, pixels):

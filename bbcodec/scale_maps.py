@@ -1,125 +1,200 @@
 """Scale maps: the encoder's adaptation of a tiled model to the data.
 
-Per coded pyramid level and per pixel group of the likelihood, a :class:`ScaleMap`
-``slope * log_scale + shift`` of the predicted log-scales, with integer shift and slope in units
-of :data:`SCALE_SHIFT_UNIT` and :data:`SCALE_SLOPE_UNIT` (stored in the file as
-``scale_shifts`` and ``scale_slopes``). The encoder chooses them (:func:`choose_level_maps`)
-from a sample of about :data:`ADAPT_PIXELS` pixels per level; decoders only read them, so the
-choice need not be reproducible bit for bit.
+Per coded pyramid level and per pixel group of the likelihood, a :class:`ScaleMap`: output
+offsets added to the raw likelihood parameters (mixture logits, means and log-scales), then
+``slope * log_scale + shift`` of the log-scales. They are integers in units of
+:data:`OFFSET_UNIT`, :data:`SCALE_SLOPE_UNIT` and :data:`SCALE_SHIFT_UNIT`, stored in the file
+as ``output_offsets``, ``scale_slopes`` and ``scale_shifts`` (files before offsets existed have
+only shifts and slopes; this encoder writes offsets and slopes). The encoder chooses them
+(:func:`choose_level_maps`) from a sample of about :data:`ADAPT_PIXELS` pixels per level;
+decoders only read them, so the choice need not be reproducible bit for bit. Offsets are on the
+exact networks' activation grid, so the raw parameters plus offsets are exact in float64.
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from typing import NamedTuple
+
+from .models.fixedpoint import ACT_BITS
 from .models.likelihoods import ScaleMap
 
 SCALE_SHIFT_UNIT = 1 / 16  # scale shifts are multiples of this, in natural-log units
-SCALE_SHIFT_RANGE = (-16, 32)  # the shifts the encoder considers: e^-1 to e^2 times the scales
+SCALE_SHIFT_RANGE = (-16, 32)  # e^-1 to e^2 times the scales
 SCALE_SLOPE_UNIT = 1 / 16  # log-scale slopes are 1 + multiples of this
-SCALE_SLOPE_RANGE = (-8, 4)  # slopes 0.5 to 1.25
+SCALE_SLOPE_RANGE = (-12, 8)  # slopes 0.25 to 1.5 (files before output offsets: -8 to 4)
+OFFSET_UNIT = 2.0 ** -ACT_BITS  # output offsets are multiples of this (the activation grid)
+OFFSET_LIMIT = 1 << 16  # |offset| <= 16 (in units: 2**16)
+OFFSET_COST_BITS = 24  # about what one stored offset costs in the compressed header
+SHIFT_COST_BITS = 16  # about what a stored shift and slope cost
+CHEAP_MAPS_BELOW = 20  # fit maps of the log-scales alone where offsets save less than this times their cost
+CHEAP_ROWS = 1024  # ... on this many rows
 ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
-MAX_ROUNDS = 8
-MIN_SAVING = 0.002  # a group keeps the identity map unless another saves this fraction on the sample
-FULL_GRID_BELOW = 4096  # groups of fewer sampled sub-pixels search the whole coarse grids
-ADAPT_THREADS = 2  # threads sampling levels and searching groups (two cores are common; more gain little)
+FIT_ROWS = 4096  # sampled sub-pixels per group that the fit uses
+FIT_ROUNDS = 10  # Levenberg-Marquardt steps of offsets and slope
+REFINE_ROUNDS = 3  # further steps of the offsets, the slope rounded
+MIN_SAVING = 0.002  # a group keeps the model's outputs unless a map saves this fraction on the sample
+ADAPT_THREADS = 2  # threads sampling and fitting levels (two cores are common; more gain little)
 
 
-def scale_map(shift, slope) -> ScaleMap:
-    """The :class:`ScaleMap` of integer ``shift`` and ``slope`` (numbers or tensors) in their units."""
-    return ScaleMap(1 + slope * SCALE_SLOPE_UNIT, shift * SCALE_SHIFT_UNIT)
+class FittedMap(NamedTuple):
+    """A group's chosen map in the units of :func:`scale_map` (``offsets`` None for a map of the
+    log-scales alone) and the bits it is estimated to save on the coded data, its cost deducted."""
+
+    shift: int
+    slope: int
+    offsets: tuple | None
+    saving_bits: float
 
 
-def check_level_maps(values, what: str, levels: int, groups: int) -> tuple:
-    """``values`` (``scale_shifts`` or ``scale_slopes`` as ``what`` says: per level, one integer
-    per pixel group, or empty) as tuples; ``ValueError`` unless they fit ``levels`` levels of
-    ``groups`` groups and the range."""
-    lo, hi = SCALE_SHIFT_RANGE if what == "scale_shifts" else SCALE_SLOPE_RANGE
+def scale_map(shift, slope, offsets=None) -> ScaleMap:
+    """The :class:`ScaleMap` of integer ``shift`` and ``slope`` (numbers or tensors) and ``offsets``
+    (a sequence of ``nout`` integers, or None) in their units."""
+    if offsets is not None:
+        offsets = torch.tensor(offsets, dtype=torch.float64) * OFFSET_UNIT
+    return ScaleMap(1 + slope * SCALE_SLOPE_UNIT, shift * SCALE_SHIFT_UNIT, offsets)
+
+
+def check_level_maps(values, what: str, levels: int, groups: int, nout: int = 1) -> tuple:
+    """``values`` (``scale_shifts``, ``scale_slopes`` or ``output_offsets`` as ``what`` says: per
+    level, one integer per pixel group, or ``nout`` per group for offsets (or none at that level);
+    or empty) as tuples; ``ValueError`` unless they fit ``levels`` levels of ``groups`` groups and
+    the range."""
+    lo, hi = {"scale_shifts": SCALE_SHIFT_RANGE, "scale_slopes": SCALE_SLOPE_RANGE,
+              "output_offsets": (-OFFSET_LIMIT, OFFSET_LIMIT)}[what]
     values = tuple(tuple(level) for level in values)
-    if values and (len(values) != levels or any(len(level) != groups for level in values)
+    allowed = (0, groups * nout) if what == "output_offsets" else (groups,)  # a level may do without offsets
+    if values and (len(values) != levels or any(len(level) not in allowed for level in values)
                    or any(type(v) is not int or not lo <= v <= hi for level in values for v in level)):
         raise ValueError(f"{what.replace('_', ' ')} do not fit the model and image shape")
     return values
 
 
-def _refine(cost, best: int, lo: int, hi: int, sizes) -> int:
-    """Local search from ``best``: for each step size, the best of ``best`` and its two neighbours
-    that far away, within ``[lo, hi]`` (ties go to the value nearer zero)."""
-    for size in sizes:
-        near = [v for v in (best - size, best, best + size) if lo <= v <= hi]
-        best = min(near, key=lambda v: (cost(v), abs(v)))
-    return best
+def _sample_rows(found: list, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's ``(sub-pixels, raw parameters)`` at ``rows`` evenly spaced rows (cycled where a
+    group has fewer), stacked: ``(G, rows)`` int64 and ``(G, rows, nout)`` float32."""
+    sym, raw = [], []
+    for s, r in found:
+        idx = torch.linspace(0, len(s) - 1, min(rows, len(s))).long()
+        idx = idx[torch.arange(rows) % len(idx)]
+        sym.append(s[idx])
+        raw.append(r[idx].to(torch.float32))
+    return torch.stack(sym), torch.stack(raw)
 
 
-def _coarse(cost, lo: int, hi: int, step: int, whole: bool) -> int:
-    """The best multiple of ``step`` in ``[lo, hi]`` (ties go to the value nearer zero): of all of
-    them if ``whole``, else by descent from 0 in whichever direction lowers ``cost``, for as long
-    as it falls, which finds the same for a unimodal cost in a few evaluations. Small samples
-    search the whole grid: their costs can have two basins (and cost little to evaluate)."""
-    def key(v):
-        return cost(v), abs(v)
+def _fit(likelihood, sym, raw, theta, free, rounds: int):
+    """Levenberg-Marquardt on the empirical Fisher information: ``rounds`` damped Gauss-Newton steps
+    of every group's parameters ``theta`` (``(G, nout + 2)``: output offsets, slope - 1, shift;
+    only the columns ``free``), each group's step kept only where it lowers that group's code
+    length (its damping then falls, else it rises). One backward pass gives every row's gradient,
+    because a group's parameters act on each of its rows alone. Returns ``theta``."""
+    groups, rows = sym.shape
+    damping = torch.full((groups,), 1e-2, dtype=torch.float64)
 
-    if whole:
-        return min(range(lo, hi + 1, step), key=key)
-    best = 0
-    for direction in (-step, step):
-        v = best + direction
-        while lo <= v <= hi and key(v) < key(best):
-            best, v = v, v + direction
-        if best:
-            break
-    return best
+    def cost(th, grad: bool):
+        shifted = (raw + th[:, None, :-2]).detach().requires_grad_(grad)
+        slopes = (1 + th[:, -2:-1]).expand(groups, rows).contiguous().requires_grad_(grad)
+        shifts = th[:, -1:].expand(groups, rows).contiguous().requires_grad_(grad)
+        per_row = -likelihood.log_prob(sym, shifted, ScaleMap(slopes.reshape(-1), shifts.reshape(-1)))
+        if not grad:
+            return per_row.sum(1), None
+        per_row.sum().backward()
+        jac = torch.cat([shifted.grad, slopes.grad.unsqueeze(-1), shifts.grad.unsqueeze(-1)], -1)
+        return per_row.detach().sum(1), jac[..., free].to(torch.float64)
+
+    current, jac = cost(theta, True)
+    for _ in range(rounds):
+        fisher = jac.transpose(1, 2) @ jac
+        diagonal = torch.diagonal(fisher, dim1=1, dim2=2)
+        # the floor keeps the system regular where parameters do not act (or act alike) on a sample
+        floor = 1e-9 * diagonal.mean(1, keepdim=True) + 1e-12
+        step, info = torch.linalg.solve_ex(fisher + torch.diag_embed(damping[:, None] * diagonal + floor),
+                                           jac.sum(1).unsqueeze(-1))
+        trial = theta.clone()
+        trial[:, free] -= step.squeeze(-1).to(theta.dtype)
+        with torch.no_grad():
+            tried, _ = cost(trial, False)
+        better = (tried < current) & (info == 0) & torch.isfinite(trial).all(1)
+        theta = torch.where(better[:, None], trial, theta)
+        damping = torch.where(better, damping / 3, damping * 4)
+        current, jac = cost(theta, True)
+    return theta
 
 
-def choose_scale_maps(likelihood, samples: list[dict], groups: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per pixel group, the integer ``(shift, slope)`` of :func:`choose_group_map` on the group's
-    part of ``samples`` (outputs of :meth:`HierarchicalVAECodec.sample_outputs`); zeros for groups
-    without samples. Returns ``(shifts, slopes)``."""
-    chosen = [choose_group_map(likelihood, [s[group] for s in samples if group in s]) for group in range(groups)]
-    return tuple(shift for shift, _ in chosen), tuple(slope for _, slope in chosen)
+def _round_slopes(theta: torch.Tensor) -> torch.Tensor:
+    lo, hi = SCALE_SLOPE_RANGE
+    theta[:, -2] = torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).clamp(lo, hi) * SCALE_SLOPE_UNIT
+    return theta
 
 
-def choose_group_map(likelihood, found: list) -> tuple[int, int]:
-    """The integer ``(shift, slope)`` in :data:`SCALE_SHIFT_RANGE` and :data:`SCALE_SLOPE_RANGE`
-    that minimise the code length of one pixel group's sampled sub-pixels (``found``: a list of
-    ``(sub-pixels, raw parameters)``), by coordinate descent: the shift on a grid of 4 units
-    refined to 1 at slope 1, then the slope on a grid of 2 refined to 1 (grids searched by
-    :func:`_coarse`), then each refined in turn until neither moves (at most ``MAX_ROUNDS`` times;
-    the cost is smooth, and unimodal on large samples). ``(0, 0)`` without samples, or where the
-    best map saves less than ``MIN_SAVING`` of the sample's code length (a gain that small does
-    not carry over from the sample to the data). The choice is the encoder's alone (decoders read
-    it), so it need not be reproducible bit for bit.
-    """
+def _fit_offsets(likelihood, sym, raw) -> list[tuple[int, tuple]]:
+    """Per group, the integer ``(slope, offsets)`` fitted by :data:`FIT_ROUNDS` steps of both, then
+    :data:`REFINE_ROUNDS` of the offsets with the slope rounded to its grid."""
+    nout = raw.shape[-1]
+    theta = torch.zeros(len(sym), nout + 2)
+    theta = _round_slopes(_fit(likelihood, sym, raw, theta, list(range(nout + 1)), FIT_ROUNDS))
+    theta = _fit(likelihood, sym, raw, theta, list(range(nout)), REFINE_ROUNDS)
+    slopes = torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).long().tolist()
+    offsets = torch.round(theta[:, :nout] / OFFSET_UNIT).clamp(-OFFSET_LIMIT, OFFSET_LIMIT).long().tolist()
+    return [(slope, tuple(offset)) for slope, offset in zip(slopes, offsets)]
+
+
+def _fit_shifts(likelihood, sym, raw) -> list[tuple[int, int]]:
+    """Per group, the integer ``(shift, slope)`` of the log-scales alone (the maps of files before
+    offsets): :data:`FIT_ROUNDS` steps of both, then the slope rounded and the shift refined."""
+    nout = raw.shape[-1]
+    theta = torch.zeros(len(sym), nout + 2)
+    theta = _round_slopes(_fit(likelihood, sym, raw, theta, [nout, nout + 1], FIT_ROUNDS))
+    theta = _fit(likelihood, sym, raw, theta, [nout + 1], REFINE_ROUNDS)
+    lo, hi = SCALE_SHIFT_RANGE
+    shifts = torch.round(theta[:, -1] / SCALE_SHIFT_UNIT).clamp(lo, hi).long().tolist()
+    return list(zip(shifts, torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).long().tolist()))
+
+
+def fit_group_maps(likelihood, found: list, weight: float = 1.0) -> list:
+    """Per pixel group, the scale map that minimises the code length of its sampled sub-pixels plus
+    what the map costs to store (a :class:`FittedMap`), or None to keep the model's outputs. ``found``: per group, ``(sub-pixels (M,), raw parameters (M, nout))``; ``weight``: the
+    coded sub-pixels each sampled one stands for.
+
+    All groups are fitted at once, each on :data:`FIT_ROWS` of its rows, in float32, by
+    Levenberg-Marquardt: the slope and ``nout`` output offsets (about :data:`OFFSET_COST_BITS`
+    each to store); and, for groups whose saving would not dwarf that cost, the slope and a shift of
+    the log-scales alone (a few bits). A group keeps the model's outputs unless a map saves, on its
+    whole sample, :data:`MIN_SAVING` of the code length and more than the map costs. The choice
+    is the encoder's alone (decoders read it), so it need not be reproducible bit for bit."""
     if not found:
-        return 0, 0
-    (s_lo, s_hi), (k_lo, k_hi) = SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE
-    sym = torch.cat([f[0] for f in found])
-    # float32 is plenty to rank maps (the choice is the encoder's alone) and 20% quicker than float64
-    raw = torch.cat([f[1] for f in found]).to(torch.float32)
-    log_prob = likelihood.log_prob_by_map(sym, raw)
-    costs: dict[tuple[int, int], float] = {}
+        return []
+    nout = found[0][1].shape[-1]
+    with torch.enable_grad():
+        sym, raw = _sample_rows(found, FIT_ROWS)
+        offset_maps = _fit_offsets(likelihood, sym, raw)
 
-    def cost(shift: int, slope: int) -> float:
-        if (shift, slope) not in costs:
-            costs[shift, slope] = -float(log_prob(scale_map(shift, slope)).sum(dtype=torch.float64))
-        return costs[shift, slope]
+    def bits(group: int, mapping) -> float:
+        s, r = found[group]
+        return -float(likelihood.log_prob(s, r.to(torch.float32), mapping).sum(dtype=torch.float64)) * weight / math.log(2)
 
-    whole = len(sym) < FULL_GRID_BELOW
-    shift = _coarse(lambda v: cost(v, 0), s_lo, s_hi, 4, whole)
-    shift = _refine(lambda v: cost(v, 0), shift, s_lo, s_hi, (2, 1))
-    slope = _coarse(lambda v: cost(shift, v), k_lo, k_hi, 2, whole)
-    slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
-    for _ in range(MAX_ROUNDS):  # the two interact: alternate until neither moves
-        before = (shift, slope)
-        shift = _refine(lambda v: cost(v, slope), shift, s_lo, s_hi, (2, 1))
-        slope = _refine(lambda v: cost(shift, v), slope, k_lo, k_hi, (1,))
-        if (shift, slope) == before:
-            break
-    if cost(shift, slope) < (1 - MIN_SAVING) * cost(0, 0):  # else too small to trust
-        return shift, slope
-    return 0, 0
+    with torch.no_grad():
+        plain = [bits(g, None) for g in range(len(found))]
+        candidates = [[(plain[g], None)] for g in range(len(found))]
+        for g, (slope, offsets) in enumerate(offset_maps):
+            candidates[g].append((bits(g, scale_map(0, slope, offsets)) + OFFSET_COST_BITS * nout, (0, slope, offsets)))
+    cheap = [g for g in range(len(found)) if plain[g] - candidates[g][1][0] < CHEAP_MAPS_BELOW * OFFSET_COST_BITS * nout]
+    if cheap:  # two parameters need fewer rows
+        with torch.enable_grad():
+            shift_maps = _fit_shifts(likelihood, *_sample_rows([found[g] for g in cheap], CHEAP_ROWS))
+        with torch.no_grad():
+            for g, (shift, slope) in zip(cheap, shift_maps):
+                candidates[g].append((bits(g, scale_map(shift, slope)) + SHIFT_COST_BITS, (shift, slope, None)))
+    chosen = []
+    for g, options in enumerate(candidates):
+        best_bits, best = min(options, key=lambda option: option[0])
+        keep = best is not None and best_bits < (1 - MIN_SAVING) * plain[g]
+        chosen.append(FittedMap(*best, plain[g] - best_bits) if keep else None)
+    return chosen
 
 
 def sample_images(images: torch.Tensor, pixels_per_image: int) -> torch.Tensor:
@@ -127,28 +202,35 @@ def sample_images(images: torch.Tensor, pixels_per_image: int) -> torch.Tensor:
     return images[:: max(1, len(images) * pixels_per_image // ADAPT_PIXELS)]
 
 
-def choose_level_maps(model, segments, levels: list[int], n_levels: int) -> tuple[tuple, tuple]:
-    """``(scale_shifts, scale_slopes)``, per pyramid level, chosen on the coded groups of about
-    :data:`ADAPT_PIXELS` pixels of that level's units, spread over its ``segments`` (each a
+def choose_level_maps(model, segments, levels: list[int], n_levels: int) -> tuple[tuple, float]:
+    """``((scale_shifts, scale_slopes, output_offsets), saving_bits)``: the maps per pyramid level (per group for shifts and
+    slopes, ``nout`` per group for offsets, or none at a level that needs none; zeros where a group
+    keeps the model's outputs or does without), fitted (:func:`fit_group_maps`) on the coded groups of about :data:`ADAPT_PIXELS`
+    pixels of that level's units, spread over its ``segments`` (each a
     :class:`~bbcodec.segments.Segment` of a tiled codec; ``levels``: the level of each).
 
-    Each level's sample and each group's search is a task for :data:`ADAPT_THREADS` threads (torch
-    and its kernels release the GIL): on two cores a Kodak image's maps took 0.80 s instead of
-    1.09 s (medians of 10). The choice does not depend on it."""
+    Each level's sample and fit is a task for :data:`ADAPT_THREADS` threads (torch and its kernels
+    release the GIL). The choice does not depend on it. ``saving_bits``: the bits the maps are
+    estimated to save, what each group's map costs deducted."""
     level_pixels = [0] * n_levels
     for seg, k in zip(segments, levels):
         level_pixels[k] += seg.units[:, 0].numel()
+    groups, nout = model.steps, model.likelihood.nout
 
-    def level_outputs(k: int) -> list[dict]:
+    def level_maps(k: int) -> tuple:
         every = max(1, level_pixels[k] // ADAPT_PIXELS)
-        return [seg.codec.sample_outputs(seg.units[::every], given=seg.given is not None)
-                for seg, level in zip(segments, levels) if level == k]
+        sampled = [(seg.units[::every], seg.codec.sample_outputs(seg.units[::every], given=seg.given is not None))
+                   for seg, level in zip(segments, levels) if level == k]
+        weight = level_pixels[k] / max(1, sum(units[:, 0].numel() for units, _ in sampled))
+        present = [g for g in range(groups) if any(g in out for _, out in sampled)]
+        fitted = dict(zip(present, fit_group_maps(
+            model.likelihood, [(torch.cat([out[g][0] for _, out in sampled if g in out]),
+                                torch.cat([out[g][1] for _, out in sampled if g in out])) for g in present], weight)))
+        chosen = [fitted.get(g) or FittedMap(0, 0, None, 0.0) for g in range(groups)]
+        offsets = tuple(v for c in chosen for v in (c.offsets or (0,) * nout))
+        return (tuple(c.shift for c in chosen), tuple(c.slope for c in chosen), offsets if any(offsets) else (),
+                sum(c.saving_bits for c in chosen))
 
-    groups = model.steps
     with ThreadPoolExecutor(ADAPT_THREADS) as pool:
-        outputs = [pool.submit(level_outputs, k) for k in range(n_levels)]
-        searches = [[pool.submit(choose_group_map, model.likelihood, [s[g] for s in level.result() if g in s])
-                     for g in range(groups)] for level in outputs]
-        chosen = [[search.result() for search in level] for level in searches]
-    return (tuple(tuple(shift for shift, _ in level) for level in chosen),
-            tuple(tuple(slope for _, slope in level) for level in chosen))
+        chosen = list(pool.map(level_maps, range(n_levels)))
+    return tuple(tuple(level[i] for level in chosen) for i in range(3)), sum(level[3] for level in chosen)

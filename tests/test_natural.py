@@ -1,6 +1,7 @@
 """Colour images with the hierarchical VAE: tiles, padding and cropping, grey and alpha rules."""
 import gzip
 import json
+import math
 
 import numpy as np
 import pytest
@@ -342,49 +343,76 @@ def smooth_images(n, h, w, seed):
 
 
 def test_adapted_scale_maps_roundtrip_and_are_stored(colour_model):
+    """The encoder fits slopes and output offsets, stores them, and they lower the code length."""
     from bbcodec.zoo import load_model
 
-    x = smooth_images(2, 29, 45, 1)
+    x = smooth_images(4, 61, 77, 1)
     coding = {"pyramid": 16, "tile": 16, "adapt": True}
     data = api.compress_images(x, colour_model, coding=coding, fallback=False)
     stored = api.Container.from_bytes(data).coding
-    shifts, slopes = stored["scale_shifts"], stored["scale_slopes"]
+    slopes, offsets = stored["scale_slopes"], stored["output_offsets"]
     loaded = load_model(colour_model)
-    for chosen in (shifts, slopes):
-        assert len(chosen) == 2 and all(len(level) == loaded.model.steps for level in chosen)
-    assert any(v != 0 for level in shifts for v in level)
+    steps, nout = loaded.model.steps, loaded.model.likelihood.nout
+    levels = len(Layout(loaded, x.shape, coding).levels)
+    assert levels >= 2 and len(slopes) == len(offsets) == levels
+    assert all(len(level) == steps for level in slopes) and all(len(level) in (0, steps * nout) for level in offsets)
+    assert any(v != 0 for level in offsets for v in level)
     assert torch.equal(api.decompress_images(data, colour_model), x)
     # the maps lower the model's code length on the data they were chosen for
-    adapted = Layout(loaded, x.shape, {**coding, "scale_shifts": shifts, "scale_slopes": slopes}).negative_elbo(x)["bits"]
+    adapted = Layout(loaded, x.shape, {**coding, "scale_slopes": slopes, "output_offsets": offsets}).negative_elbo(x)["bits"]
     plain = Layout(loaded, x.shape, {**coding, "adapt": False}).negative_elbo(x)["bits"]
     assert adapted < plain
     # without adapt nothing is stored, and such files decode as before
     data = api.compress_images(x, colour_model, coding={**coding, "adapt": False}, fallback=False)
-    assert "scale_shifts" not in api.Container.from_bytes(data).coding or not api.Container.from_bytes(data).coding["scale_shifts"]
+    assert not any(api.Container.from_bytes(data).coding.get(key) for key in ("scale_slopes", "output_offsets"))
     assert torch.equal(api.decompress_images(data, colour_model), x)
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 12), (2, 24, 40)])
+def test_adapting_costs_its_maps_and_still_saves(colour_model, shape):
+    """The stored maps are paid for: a small adapted file, header included, is smaller than the
+    same file without adapting, and decodes."""
+    x = smooth_images(*shape, 3)
+    files = [api.compress_images(x, colour_model, coding={"tile": 16, "adapt": adapt}, fallback=False)
+             for adapt in (True, False)]
+    assert api.Container.from_bytes(files[0]).coding.get("output_offsets")
+    assert len(files[0]) < len(files[1])
+    assert torch.equal(api.decompress_images(files[0], colour_model), x)
 
 
 @pytest.mark.parametrize("grey", [False, True])
 def test_explicit_scale_maps_roundtrip(colour_model, grey):
+    """Maps given by the caller (shifts and slopes as old files have them, and output offsets) are
+    stored as given, change the code, and decode exactly."""
     from bbcodec.zoo import load_model
 
-    steps = load_model(colour_model).model.steps
+    model = load_model(colour_model).model
+    steps, nout = model.steps, model.likelihood.nout
     x = smooth_images(3, 20, 20, 2)
     x = x[:, 0].contiguous() if grey else x
     shifts = [[(7 * s) % 49 - 16 for s in range(steps)]]
     slopes = [[(5 * s) % 13 - 8 for s in range(steps)]]
-    data = api.compress_images(x, colour_model, coding={"scale_shifts": shifts, "scale_slopes": slopes, "adapt": True}, fallback=False)
-    coding = api.Container.from_bytes(data).coding
-    assert coding["scale_shifts"] == shifts and coding["scale_slopes"] == slopes  # given maps are kept
-    assert torch.equal(api.decompress_images(data, colour_model), x)
+    offsets = [[(37 * i) % 4001 - 2000 for i in range(steps * nout)]]
+    sizes = set()
+    for maps in ({"scale_shifts": shifts, "scale_slopes": slopes}, {"output_offsets": offsets},
+                 {"scale_shifts": shifts, "scale_slopes": slopes, "output_offsets": offsets}):
+        data = api.compress_images(x, colour_model, coding={**maps, "adapt": True}, fallback=False)
+        coding = api.Container.from_bytes(data).coding
+        assert all(coding[key] == value for key, value in maps.items())  # given maps are kept
+        assert torch.equal(api.decompress_images(data, colour_model), x)
+        sizes.add(len(data))
+    assert len(sizes) == 3
 
 
 def test_bad_scale_maps_in_a_header_are_a_clear_error(colour_model):
+    from bbcodec.zoo import load_model
+
     x = smooth_images(1, 20, 20, 3)
     box = api.Container.from_bytes(api.compress_images(x, colour_model, coding={"adapt": True}, fallback=False))
-    for key in ("scale_shifts", "scale_slopes"):
-        good = box.coding[key]
-        for bad in ([[0] * 3], [[0] * 15, [0] * 15], [[99] * 15], [["a"] * 15], [[0.5] * 15]):
+    nout = load_model(colour_model).model.likelihood.nout
+    for key, n in (("scale_shifts", 15), ("scale_slopes", 15), ("output_offsets", 15 * nout)):
+        good = box.coding.get(key, [])
+        for bad in ([[0] * 3], [[0] * n, [0] * n], [[99] * n if n == 15 else [1 << 17] * n], [["a"] * n], [[0.5] * n]):
             box.coding[key] = bad
             with pytest.raises(api.BBCodecError, match="corrupt .bbc header"):
                 api.decompress_images(box.to_bytes(), colour_model)
@@ -431,17 +459,40 @@ def test_mixture_log_prob_is_the_mixture_of_discretised_logistics(end_masses):
     assert torch.isfinite(trained.grad).all() and trained.grad.abs().sum() > 0
 
 
-def test_scale_map_search_finds_the_best_map():
-    """The coordinate descent over (shift, slope) lands within 0.1% of the best of every pair, and
-    beats the best shift alone, for data spread wider and narrower than the model predicts; data
-    that follows the model keeps the identity map."""
-    from bbcodec.scale_maps import SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, choose_scale_maps, scale_map
+def test_output_offsets_are_added_to_the_raw_parameters():
+    """A map's offsets act as ``raw + offsets`` before the slope, in training's log-probability and
+    in coding's entropy model alike (the same integers: the offsets are on the activation grid)."""
+    from bbcodec.models.likelihoods import LogisticMixtureLikelihood, ScaleMap
+    from bbcodec.scale_maps import scale_map
+
+    lik = LogisticMixtureLikelihood(3)
+    g = torch.Generator().manual_seed(2)
+    raw = torch.round(torch.randn(500, lik.nout, generator=g, dtype=torch.float64) * 4096) / 4096
+    raw[:, -3:] = raw[:, -3:] * 0.5 - 3
+    x = torch.randint(0, 256, (500,), generator=g)
+    offsets = [(29 * i) % 801 - 400 for i in range(lik.nout)]
+    mapped = scale_map(0, 3, offsets)
+    plain = ScaleMap(mapped.slope, 0.0)
+    shifted = raw + mapped.offsets
+    assert torch.equal(lik.log_prob(x, raw, mapped), lik.log_prob(x, shifted, plain))
+    assert not torch.equal(lik.log_prob(x, raw, mapped), lik.log_prob(x, raw, plain))
+    a, b = lik.entropy_model(raw, 24, mapped), lik.entropy_model(shifted, 24, plain)
+    symbols = torch.arange(256)[:, None].expand(-1, 500)
+    assert torch.equal(a.cumulative(symbols), b.cumulative(symbols))
+
+
+def test_map_fit_beats_every_grid_map_and_keeps_what_it_cannot_improve():
+    """The fitted slope and offsets code data spread wider and narrower than the model predicts in
+    fewer bits than the best of every old (shift, slope) grid map; data that follows the model
+    keeps the model's outputs; a saving too small to pay for offsets takes a map of the
+    log-scales alone, and one too small for that, none."""
+    from bbcodec.scale_maps import OFFSET_COST_BITS, SHIFT_COST_BITS, SCALE_SHIFT_RANGE, SCALE_SLOPE_RANGE, fit_group_maps, scale_map
     from bbcodec.models.likelihoods import LogisticMixtureLikelihood
 
     lik = LogisticMixtureLikelihood(2)
     g = torch.Generator().manual_seed(0)
-    samples = {}
-    for step, spread in enumerate([0.3, 1.0, 3.0, None]):
+    found = []
+    for spread in [0.3, 1.0, 3.0, None]:
         m = 4000
         mean = torch.rand(m, generator=g) * 1.6 - 0.8
         model_log_scale = torch.rand(m, generator=g) * 3 - 5  # raw: scales of 1 to 20 levels
@@ -451,24 +502,29 @@ def test_scale_map_search_finds_the_best_map():
             true_scale = true_scale ** 0.8 * spread  # a narrower range than the model's
         x = 127.5 * (mean + 1) + true_scale * torch.log(u / (1 - u))
         raw = torch.zeros(m, lik.nout, dtype=torch.float64)
+        raw[:, 2:4] = -20.0  # no end masses
         raw[:, 4:6] = mean[:, None].double()
         raw[:, 6:8] = model_log_scale[:, None].double()
-        samples[step] = (x.round().clamp(0, 255).long(), raw)
-    shifts, slopes = choose_scale_maps(lik, [samples], 5)
-    assert shifts[3] == slopes[3] == 0  # the model is right: no map saves enough to be trusted
-    assert shifts[4] == slopes[4] == 0  # no samples
-    for step in range(3):
-        sym, raw = samples[step]
+        found.append((x.round().clamp(0, 255).long(), raw))
+    chosen = fit_group_maps(lik, found, weight=100.0)  # a sample of a large image: offsets pay
+    assert chosen[3] is None  # the model is right: no map saves enough to be trusted
 
-        def cost(shift, slope):
-            return -float(lik.log_prob(sym, raw, scale_map(shift, slope)).sum())
+    def cost(group, mapping):
+        sym, raw = found[group]
+        return -float(lik.log_prob(sym, raw, mapping).sum())
 
-        shift_only = min(cost(v, 0) for v in range(SCALE_SHIFT_RANGE[0], SCALE_SHIFT_RANGE[1] + 1))
-        best = min(cost(v, k) for v in range(SCALE_SHIFT_RANGE[0], SCALE_SHIFT_RANGE[1] + 1, 2)
-                   for k in range(SCALE_SLOPE_RANGE[0], SCALE_SLOPE_RANGE[1] + 1))
-        found = cost(shifts[step], slopes[step])
-        assert found <= shift_only and found <= best * 1.001
-    assert shifts[0] < shifts[2]
+    for group in range(3):
+        grid = min(cost(group, scale_map(v, k)) for v in range(SCALE_SHIFT_RANGE[0], SCALE_SHIFT_RANGE[1] + 1, 2)
+                   for k in range(-8, 5))
+        shift, slope, offsets, saving_bits = chosen[group]
+        assert saving_bits > 0 and shift == 0 and SCALE_SLOPE_RANGE[0] <= slope <= SCALE_SLOPE_RANGE[1] and len(offsets) == lik.nout
+        assert cost(group, scale_map(shift, slope, offsets)) < grid
+    # where the saving is a few bits, the offsets do not pay: a map of the log-scales alone, or none
+    saving = (cost(1, None) - cost(1, scale_map(*chosen[1][:3]))) / math.log(2)
+    weight = 0.5 * OFFSET_COST_BITS * lik.nout / saving
+    (cheap,) = fit_group_maps(lik, [found[1]], weight=weight)
+    assert cheap.offsets is None and (cost(1, None) - cost(1, scale_map(*cheap[:3]))) * weight / math.log(2) > SHIFT_COST_BITS
+    assert fit_group_maps(lik, [found[1]], weight=0.1 * SHIFT_COST_BITS / saving) == [None]
 
 
 def test_cli_adapt_option(tmp_path, colour_model):
@@ -478,7 +534,7 @@ def test_cli_adapt_option(tmp_path, colour_model):
     for flag, stored in (("--adapt", True), ("--no-adapt", False)):
         run("compress", src, "-m", colour_model, "-q", "--no-fallback", "-f", flag)
         info = json.loads(run("info", str(src) + ".bbc", "--json").output)
-        assert bool(info["coding"].get("scale_shifts")) == stored
+        assert bool(info["coding"].get("output_offsets")) == stored
         run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q", "-f")
         assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)
 

@@ -177,16 +177,18 @@ class HierarchicalVAECodec(ProtocolCodec):
     ``tile`` (a multiple of 4; default the model's training patch) is the coded unit's size: the
     networks are fully convolutional, and larger tiles lose less context at their borders. The
     per-image estimates in ``params`` are per training patch and are scaled to the tile's area.
-    ``scale_shifts`` and ``scale_slopes`` (one integer per pixel group each, default zeros) map
-    each group's log-scales (:mod:`bbcodec.scale_maps`).
+    ``scale_shifts`` and ``scale_slopes`` (one integer per pixel group each, default zeros) and
+    ``output_offsets`` (``nout`` integers per group in turn, default zeros) are each group's scale
+    map (:mod:`bbcodec.scale_maps`).
     """
 
     def __init__(self, model, params: CodingParams | None = None, grey: bool = False,
-                 tile: int | None = None, scale_shifts=None, scale_slopes=None):
-        groups = model.steps
+                 tile: int | None = None, scale_shifts=None, scale_slopes=None, output_offsets=None):
+        groups, nout = model.steps, model.likelihood.nout
         shifts, slopes = tuple(scale_shifts or (0,) * groups), tuple(scale_slopes or (0,) * groups)
-        if len(shifts) != groups or len(slopes) != groups:
-            raise ValueError(f"scale shifts and slopes must be given for all {groups} pixel steps")
+        offsets = tuple(output_offsets or ())
+        if len(shifts) != groups or len(slopes) != groups or len(offsets) not in (0, groups * nout):
+            raise ValueError(f"scale shifts, slopes and output offsets must be given for all {groups} pixel steps")
         t = int(tile or model.config.patch)
         if t < 4 or t % 4:
             raise ValueError(f"tile size {t} is not a positive multiple of 4")
@@ -195,18 +197,22 @@ class HierarchicalVAECodec(ProtocolCodec):
         params = replace(pp, batch=max(1, int(pp.batch / area)), bits_per_image=pp.bits_per_image * area,
                          pop_bits_per_image=pp.pop_bits_per_image * area,
                          lanes_per_image=max(1, round(pp.lanes_per_image * area)))
-        maps = [scale_map(shift, slope) for shift, slope in zip(shifts, slopes)]
+        maps = [scale_map(shift, slope, offsets[g * nout:(g + 1) * nout] if any(offsets[g * nout:(g + 1) * nout]) else None)
+                for g, (shift, slope) in enumerate(zip(shifts, slopes))]
         super().__init__(HierarchicalVAEBitsBack(model, t, params.precision, grey, maps), params)
         self.net, self.tile, self.grey, self.scale_maps = model, t, grey, maps
 
     def sample_outputs(self, images: torch.Tensor, given: bool = False) -> dict:
         """For choosing scale maps: ``{group: (sub-pixels (M,), raw parameters (M, nout))}`` of the
-        coded groups of tiles ``images``, decoded from their posterior means (exact networks)."""
+        coded groups of tiles ``images``, given a posterior sample of their latents (exact networks)."""
         net, num, t = self.net, self.model.num, self.tile
         with torch.inference_mode():
             x = images.to(torch.int64)
-            (m1, _), _ = net.posterior(x, num)
-            feats = net.features(to_grid(m1), num)
+            (m1, log_s1), _ = net.posterior(x, num)
+            # the latents coding sees are posterior samples (bits-back), whose outputs are less
+            # sure than the posterior mean's: maps fitted to those carry over to the code
+            z1 = m1 + torch.randn(m1.shape, generator=torch.Generator().manual_seed(0), dtype=m1.dtype) * torch.exp(log_s1)
+            feats = net.features(to_grid(z1), num)
             parts = net.split_steps(x)
             known = net.known_from_image(x)
             out = {}

@@ -23,12 +23,22 @@ LOG_SCALE_MAX = 7.0
 
 
 class ScaleMap(NamedTuple):
-    """``log_scale -> slope * log_scale + shift`` on a likelihood's natural-log scales (in pixel
-    levels, so the pivot is a scale of one level): how coders adapt a model to the data. Floats,
-    or tensors that broadcast against the scales (to try several maps at once)."""
+    """How coders adapt a model's outputs to the data: ``offsets`` (a tensor of ``nout`` values, or
+    None) are added to the raw outputs, then ``log_scale -> slope * log_scale + shift`` maps the
+    natural-log scales (in pixel levels, so the pivot is a scale of one level). ``slope`` and
+    ``shift``: floats, or tensors that broadcast against the scales (to try several maps at once).
+    Offsets on the activation grid keep coding's float64 raw outputs exact."""
 
     slope: float = 1.0
     shift: float = 0.0
+    offsets: torch.Tensor | None = None
+
+
+def with_offsets(raw: torch.Tensor, scale_map: ScaleMap | None) -> torch.Tensor:
+    """``raw`` plus the map's output offsets (``raw`` itself without them)."""
+    if scale_map is None or scale_map.offsets is None:
+        return raw
+    return raw + scale_map.offsets.to(raw)
 
 
 class Likelihood:
@@ -45,9 +55,9 @@ class Likelihood:
         raise NotImplementedError
 
     def log_prob_by_map(self, x: torch.Tensor, raw: torch.Tensor):
-        """:meth:`log_prob` as a function of the scale map (subclasses precompute what it does
-        not change)."""
-        return lambda scale_map=None: self.log_prob(x, raw, scale_map)
+        """:meth:`log_prob` as a function of the scale map's slope and shift, its offsets already in
+        ``raw`` (subclasses precompute what the map does not change)."""
+        return lambda scale_map=None: self.log_prob(x, raw, None if scale_map is None else scale_map._replace(offsets=None))
 
 
 class LogisticMixtureLikelihood(Likelihood):
@@ -64,6 +74,7 @@ class LogisticMixtureLikelihood(Likelihood):
 
     def _split(self, raw, scale_map=None):
         k, m = self.components, self.nlogits
+        raw = with_offsets(raw, scale_map)
         logits = raw[..., :m]
         means = 127.5 * (raw[..., m: m + k] + 1.0)
         log_scales = raw[..., m + k: m + 2 * k] + LOG_SCALE_OFFSET
@@ -72,10 +83,11 @@ class LogisticMixtureLikelihood(Likelihood):
         return logits, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
 
     def log_prob(self, x, raw, scale_map=None):
-        return self.log_prob_by_map(x, raw)(scale_map)
+        return self.log_prob_by_map(x, with_offsets(raw, scale_map))(scale_map)
 
     def log_prob_by_map(self, x, raw):
-        """:meth:`log_prob` as a function of the scale map, with what the map does not change
+        """:meth:`log_prob` as a function of the scale map (its slope and shift: the offsets must
+        already be in ``raw``), with what the map does not change
         (the mixture's log-weights, the distances to the means, the end masses and which pixels
         are at the ends) computed once: for trying many maps. Each component's log-probability
         of its bin, ``log(sigmoid(u) - sigmoid(l))`` (the log-density where that difference is
