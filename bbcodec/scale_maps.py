@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
-
-from typing import NamedTuple
 
 from .models.fixedpoint import ACT_BITS
 from .models.likelihoods import ScaleMap
@@ -35,8 +34,8 @@ CHEAP_MAPS_BELOW = 20  # fit maps of the log-scales alone where offsets save les
 CHEAP_ROWS = 1024  # ... on this many rows
 ADAPT_PIXELS = 1 << 16  # pixels per pyramid level that the encoder samples to choose scale maps
 FIT_ROWS = 4096  # sampled sub-pixels per group that the fit uses
-FIT_ROUNDS = 10  # Levenberg-Marquardt steps of offsets and slope
-REFINE_ROUNDS = 3  # further steps of the offsets, the slope rounded
+FIT_ROUNDS = 8  # Levenberg-Marquardt steps of offsets and slope
+REFINE_ROUNDS = 2  # further steps of the offsets, the slope rounded
 MIN_SAVING = 0.002  # a group keeps the model's outputs unless a map saves this fraction on the sample
 ADAPT_THREADS = 2  # threads sampling and fitting levels (two cores are common; more gain little)
 
@@ -95,18 +94,17 @@ def _fit(likelihood, sym, raw, theta, free, rounds: int):
     groups, rows = sym.shape
     damping = torch.full((groups,), 1e-2, dtype=torch.float64)
 
-    def cost(th, grad: bool):
-        shifted = (raw + th[:, None, :-2]).detach().requires_grad_(grad)
-        slopes = (1 + th[:, -2:-1]).expand(groups, rows).contiguous().requires_grad_(grad)
-        shifts = th[:, -1:].expand(groups, rows).contiguous().requires_grad_(grad)
+    def cost(th):
+        """Each group's code length of the rows and each row's gradient (of the ``free`` columns)."""
+        shifted = (raw + th[:, None, :-2]).detach().requires_grad_()
+        slopes = (1 + th[:, -2:-1]).expand(groups, rows).contiguous().requires_grad_()
+        shifts = th[:, -1:].expand(groups, rows).contiguous().requires_grad_()
         per_row = -likelihood.log_prob(sym, shifted, ScaleMap(slopes.reshape(-1), shifts.reshape(-1)))
-        if not grad:
-            return per_row.sum(1), None
         per_row.sum().backward()
         jac = torch.cat([shifted.grad, slopes.grad.unsqueeze(-1), shifts.grad.unsqueeze(-1)], -1)
         return per_row.detach().sum(1), jac[..., free].to(torch.float64)
 
-    current, jac = cost(theta, True)
+    current, jac = cost(theta)
     for _ in range(rounds):
         fisher = jac.transpose(1, 2) @ jac
         diagonal = torch.diagonal(fisher, dim1=1, dim2=2)
@@ -116,12 +114,12 @@ def _fit(likelihood, sym, raw, theta, free, rounds: int):
                                            jac.sum(1).unsqueeze(-1))
         trial = theta.clone()
         trial[:, free] -= step.squeeze(-1).to(theta.dtype)
-        with torch.no_grad():
-            tried, _ = cost(trial, False)
+        tried, tried_jac = cost(trial)  # with its gradients: most steps are kept
         better = (tried < current) & (info == 0) & torch.isfinite(trial).all(1)
         theta = torch.where(better[:, None], trial, theta)
+        current = torch.where(better, tried, current)
+        jac = torch.where(better[:, None, None], tried_jac, jac)
         damping = torch.where(better, damping / 3, damping * 4)
-        current, jac = cost(theta, True)
     return theta
 
 
