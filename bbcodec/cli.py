@@ -468,6 +468,10 @@ def info(file, as_json):
         click.echo(json.dumps(r, indent=2))
         return
     for k, v in r.items():
+        if k == "coding" and isinstance(v, dict):  # long per-level lists (scale maps) in brief
+            v = {key: f"{'/'.join(str(len(level)) for level in value)} values per level (--json lists them)"
+                 if isinstance(value, list) and sum(len(level) for level in value if isinstance(level, list)) > 32
+                 else value for key, value in v.items()}
         click.echo(f"{k:14s} {v}")
 
 

@@ -535,6 +535,7 @@ def test_cli_adapt_option(tmp_path, colour_model):
         run("compress", src, "-m", colour_model, "-q", "--no-fallback", "-f", flag)
         info = json.loads(run("info", str(src) + ".bbc", "--json").output)
         assert bool(info["coding"].get("output_offsets")) == stored
+        assert ("values per level (--json lists them)" in run("info", str(src) + ".bbc").output) == stored
         run("decompress", str(src) + ".bbc", "-o", tmp_path / "q.png", "-m", colour_model, "-q", "-f")
         assert np.array_equal(np.asarray(Image.open(tmp_path / "q.png")), arr)
 
