@@ -35,7 +35,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # a model name: a plain fil
 # the embedded models :func:`bbcodec.api.default_model` chooses; earlier defaults stay embedded for their files
 MNIST_MODELS = {"uint8": "mnist-uint8-v2", "binary": "mnist-binary-v2"}
 COLOUR_MODEL = "cifar10-rgb"  # small colour images (CIFAR-sized thumbnails)
-PHOTO_MODEL = "photo-rgb"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
+PHOTO_MODEL = "photo-rgb-v2"  # photographs: images at least PHOTO_SIZE pixels on the shorter side
 GREY_PHOTO_MODEL = "photo-grey"  # greyscale photographs (a luminance model)
 PHOTO_SIZE = 64
 

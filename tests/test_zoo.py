@@ -10,7 +10,7 @@ from bbcodec.zoo import ZOO_DIR, embedded_models, load_model
 
 from helpers import SAMPLES, sample_binary, sample_images
 
-EXPECTED = {"mnist-uint8", "mnist-uint8-v2", "mnist-binary", "mnist-binary-v2", "cifar10-rgb", "photo-rgb", "photo-grey"}
+EXPECTED = {"mnist-uint8", "mnist-uint8-v2", "mnist-binary", "mnist-binary-v2", "cifar10-rgb", "photo-rgb", "photo-rgb-v2", "photo-grey"}
 
 
 def test_expected_models_are_embedded_with_cards():
@@ -52,6 +52,6 @@ def test_colour_model_on_cifar_sample(tmp_path):
 
 
 def test_photographs_get_the_photo_model_and_thumbnails_the_cifar_one():
-    assert api.default_model(torch.zeros((1, 3, 64, 96), dtype=torch.uint8), "uint8") == "photo-rgb"
+    assert api.default_model(torch.zeros((1, 3, 64, 96), dtype=torch.uint8), "uint8") == "photo-rgb-v2"
     assert api.default_model(torch.zeros((1, 100, 64), dtype=torch.uint8), "uint8") == "photo-grey"
     assert api.default_model(torch.zeros((5, 3, 32, 32), dtype=torch.uint8), "uint8") == "cifar10-rgb"
