@@ -123,19 +123,19 @@ def _fit(likelihood, sym, raw, theta, free, rounds: int):
     return theta
 
 
-def _round_slopes(theta: torch.Tensor) -> torch.Tensor:
+def _fit_rounded(likelihood, sym, raw, free: list[int], refine: list[int]) -> torch.Tensor:
+    """``theta`` (see :func:`_fit`) from zero: :data:`FIT_ROUNDS` steps of the columns ``free``,
+    then the slope rounded to its grid, then :data:`REFINE_ROUNDS` steps of the columns ``refine``."""
+    theta = _fit(likelihood, sym, raw, torch.zeros(len(sym), raw.shape[-1] + 2), free, FIT_ROUNDS)
     lo, hi = SCALE_SLOPE_RANGE
     theta[:, -2] = torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).clamp(lo, hi) * SCALE_SLOPE_UNIT
-    return theta
+    return _fit(likelihood, sym, raw, theta, refine, REFINE_ROUNDS)
 
 
 def _fit_offsets(likelihood, sym, raw) -> list[tuple[int, tuple]]:
-    """Per group, the integer ``(slope, offsets)`` fitted by :data:`FIT_ROUNDS` steps of both, then
-    :data:`REFINE_ROUNDS` of the offsets with the slope rounded to its grid."""
+    """Per group, the integer ``(slope, offsets)``: both fitted, then the offsets refined."""
     nout = raw.shape[-1]
-    theta = torch.zeros(len(sym), nout + 2)
-    theta = _round_slopes(_fit(likelihood, sym, raw, theta, list(range(nout + 1)), FIT_ROUNDS))
-    theta = _fit(likelihood, sym, raw, theta, list(range(nout)), REFINE_ROUNDS)
+    theta = _fit_rounded(likelihood, sym, raw, list(range(nout + 1)), list(range(nout)))
     slopes = torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).long().tolist()
     offsets = torch.round(theta[:, :nout] / OFFSET_UNIT).clamp(-OFFSET_LIMIT, OFFSET_LIMIT).long().tolist()
     return [(slope, tuple(offset)) for slope, offset in zip(slopes, offsets)]
@@ -143,11 +143,9 @@ def _fit_offsets(likelihood, sym, raw) -> list[tuple[int, tuple]]:
 
 def _fit_shifts(likelihood, sym, raw) -> list[tuple[int, int]]:
     """Per group, the integer ``(shift, slope)`` of the log-scales alone (the maps of files before
-    offsets): :data:`FIT_ROUNDS` steps of both, then the slope rounded and the shift refined."""
+    offsets): both fitted, then the shift refined."""
     nout = raw.shape[-1]
-    theta = torch.zeros(len(sym), nout + 2)
-    theta = _round_slopes(_fit(likelihood, sym, raw, theta, [nout, nout + 1], FIT_ROUNDS))
-    theta = _fit(likelihood, sym, raw, theta, [nout + 1], REFINE_ROUNDS)
+    theta = _fit_rounded(likelihood, sym, raw, [nout, nout + 1], [nout + 1])
     lo, hi = SCALE_SHIFT_RANGE
     shifts = torch.round(theta[:, -1] / SCALE_SHIFT_UNIT).clamp(lo, hi).long().tolist()
     return list(zip(shifts, torch.round(theta[:, -2] / SCALE_SLOPE_UNIT).long().tolist()))
@@ -155,8 +153,9 @@ def _fit_shifts(likelihood, sym, raw) -> list[tuple[int, int]]:
 
 def fit_group_maps(likelihood, found: list, weight: float = 1.0) -> list:
     """Per pixel group, the scale map that minimises the code length of its sampled sub-pixels plus
-    what the map costs to store (a :class:`FittedMap`), or None to keep the model's outputs. ``found``: per group, ``(sub-pixels (M,), raw parameters (M, nout))``; ``weight``: the
-    coded sub-pixels each sampled one stands for.
+    what the map costs to store (a :class:`FittedMap`), or None to keep the model's outputs.
+    ``found``: per group, ``(sub-pixels (M,), raw parameters (M, nout))``; ``weight``: the coded
+    sub-pixels each sampled one stands for.
 
     All groups are fitted at once, each on :data:`FIT_ROWS` of its rows, in float32, by
     Levenberg-Marquardt: the slope and ``nout`` output offsets (about :data:`OFFSET_COST_BITS`
@@ -171,9 +170,11 @@ def fit_group_maps(likelihood, found: list, weight: float = 1.0) -> list:
         sym, raw = _sample_rows(found, FIT_ROWS)
         offset_maps = _fit_offsets(likelihood, sym, raw)
 
+    found32 = [(s, r.to(torch.float32)) for s, r in found]
+
     def bits(group: int, mapping) -> float:
-        s, r = found[group]
-        return -float(likelihood.log_prob(s, r.to(torch.float32), mapping).sum(dtype=torch.float64)) * weight / math.log(2)
+        s, r = found32[group]
+        return -float(likelihood.log_prob(s, r, mapping).sum(dtype=torch.float64)) * weight / math.log(2)
 
     with torch.no_grad():
         plain = [bits(g, None) for g in range(len(found))]

@@ -197,8 +197,8 @@ class HierarchicalVAECodec(ProtocolCodec):
         params = replace(pp, batch=max(1, int(pp.batch / area)), bits_per_image=pp.bits_per_image * area,
                          pop_bits_per_image=pp.pop_bits_per_image * area,
                          lanes_per_image=max(1, round(pp.lanes_per_image * area)))
-        maps = [scale_map(shift, slope, offsets[g * nout:(g + 1) * nout] if any(offsets[g * nout:(g + 1) * nout]) else None)
-                for g, (shift, slope) in enumerate(zip(shifts, slopes))]
+        per_group = [offsets[g * nout:(g + 1) * nout] for g in range(groups)]
+        maps = [scale_map(shift, slope, own if any(own) else None) for shift, slope, own in zip(shifts, slopes, per_group)]
         super().__init__(HierarchicalVAEBitsBack(model, t, params.precision, grey, maps), params)
         self.net, self.tile, self.grey, self.scale_maps = model, t, grey, maps
 

@@ -54,11 +54,6 @@ class Likelihood:
     def entropy_model(self, raw: torch.Tensor, precision: int, scale_map: ScaleMap | None = None) -> em.EntropyModel:
         raise NotImplementedError
 
-    def log_prob_by_map(self, x: torch.Tensor, raw: torch.Tensor):
-        """:meth:`log_prob` as a function of the scale map's slope and shift, its offsets already in
-        ``raw`` (subclasses precompute what the map does not change)."""
-        return lambda scale_map=None: self.log_prob(x, raw, None if scale_map is None else scale_map._replace(offsets=None))
-
 
 class LogisticMixtureLikelihood(Likelihood):
     """``components`` discretised logistics over 0..255, plus (``end_masses``) point masses at 0
@@ -83,48 +78,39 @@ class LogisticMixtureLikelihood(Likelihood):
         return logits, means, torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
 
     def log_prob(self, x, raw, scale_map=None):
-        return self.log_prob_by_map(x, with_offsets(raw, scale_map))(scale_map)
-
-    def log_prob_by_map(self, x, raw):
-        """:meth:`log_prob` as a function of the scale map (its slope and shift: the offsets must
-        already be in ``raw``), with what the map does not change
-        (the mixture's log-weights, the distances to the means, the end masses and which pixels
-        are at the ends) computed once: for trying many maps. Each component's log-probability
-        of its bin, ``log(sigmoid(u) - sigmoid(l))`` (the log-density where that difference is
-        below 1e-5; the one-sided tail at 0 and ``n - 1``), laid out component-major so that
-        every step is elementwise over long rows. In ``raw``'s dtype (float32 with autograd for
-        training, float64 for coding's negative ELBO)."""
+        """Each component's log-probability of its bin, ``log(sigmoid(u) - sigmoid(l))`` (the
+        log-density where that difference is below 1e-5; the one-sided tail at 0 and ``n - 1``),
+        laid out component-major so that every step is elementwise over long rows. In ``raw``'s
+        dtype (float32 with autograd for training and the scale maps' fit, float64 for coding's
+        negative ELBO)."""
         k, m, n = self.components, self.nlogits, self.n
         shape = x.shape
-        x, raw = x.reshape(-1), raw.reshape(-1, raw.shape[-1])
+        x, raw = x.reshape(-1), with_offsets(raw, scale_map).reshape(-1, raw.shape[-1])
         log_w = F.log_softmax(raw[:, :m], -1)
         weights = log_w[:, :k].t()  # (K, N), as everything below
-        base = (raw[:, m + k: m + 2 * k] + LOG_SCALE_OFFSET).t()
+        log_scales = (raw[:, m + k: m + 2 * k] + LOG_SCALE_OFFSET).t()
+        if scale_map is not None:
+            log_scales = log_scales * scale_map.slope + scale_map.shift
+        log_scales = torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
         centred = x.to(raw.dtype).unsqueeze(0) - 127.5 * (raw[:, m: m + k] + 1.0).t()
         first = x == 0
         edge = torch.nonzero(first | (x == n - 1)).squeeze(1)  # the one-sided bins
         at_first = first[edge]
-        ends = torch.where(at_first, log_w[edge, -2], log_w[edge, -1]) if self.end_masses else None
-
-        def at(scale_map=None):
-            log_scales = base if scale_map is None else base * scale_map.slope + scale_map.shift
-            log_scales = torch.clamp(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX)
-            inv = torch.exp(-log_scales)
-            mid, half = centred * inv, 0.5 * inv
-            diff = torch.sigmoid(mid + half) - torch.sigmoid(mid - half)
-            log_pdf = mid - log_scales - 2 * F.softplus(mid)
-            out = torch.where(diff > 1e-5, torch.log(diff.clamp(min=1e-12)), log_pdf)
-            if edge.numel():
-                me, he = mid[:, edge], half[:, edge]
-                out[:, edge] = torch.where(at_first, F.logsigmoid(me + he), F.logsigmoid(he - me))
-            parts = out + weights
-            top = parts.amax(0).detach()
-            total = top + torch.log(torch.exp(parts - top).sum(0))
-            if ends is not None and edge.numel():
-                total[edge] = torch.logaddexp(total[edge], ends)
-            return total.reshape(shape)
-
-        return at
+        inv = torch.exp(-log_scales)
+        mid, half = centred * inv, 0.5 * inv
+        diff = torch.sigmoid(mid + half) - torch.sigmoid(mid - half)
+        log_pdf = mid - log_scales - 2 * F.softplus(mid)
+        out = torch.where(diff > 1e-5, torch.log(diff.clamp(min=1e-12)), log_pdf)
+        if edge.numel():
+            me, he = mid[:, edge], half[:, edge]
+            out[:, edge] = torch.where(at_first, F.logsigmoid(me + he), F.logsigmoid(he - me))
+        parts = out + weights
+        top = parts.amax(0).detach()
+        total = top + torch.log(torch.exp(parts - top).sum(0))
+        if self.end_masses and edge.numel():
+            ends = torch.where(at_first, log_w[edge, -2], log_w[edge, -1])
+            total[edge] = torch.logaddexp(total[edge], ends)
+        return total.reshape(shape)
 
     def entropy_model(self, raw, precision, scale_map=None):
         logits, means, log_scales = self._split(raw.to(torch.float64), scale_map)
