@@ -75,14 +75,16 @@ def check_level_maps(values, what: str, levels: int, groups: int, nout: int = 1)
 
 def _sample_rows(found: list, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each group's ``(sub-pixels, raw parameters)`` at ``rows`` evenly spaced rows (cycled where a
-    group has fewer), stacked: ``(G, rows)`` int64 and ``(G, rows, nout)`` float32."""
+    group has fewer), stacked: ``(G, rows)`` int64 and ``(G, rows, nout)`` float32, the latter
+    parameter-major in memory (a permuted view), the layout that the likelihood's ``log_prob``
+    computes in, so that neither it nor its backward pass transposes a copy."""
     sym, raw = [], []
     for s, r in found:
         idx = torch.linspace(0, len(s) - 1, min(rows, len(s))).long()
         idx = idx[torch.arange(rows) % len(idx)]
         sym.append(s[idx])
-        raw.append(r[idx].to(torch.float32))
-    return torch.stack(sym), torch.stack(raw)
+        raw.append(r[idx].to(torch.float32).t())
+    return torch.stack(sym), torch.stack(raw, 1).permute(1, 2, 0)
 
 
 def _fit(likelihood, sym, raw, theta, free, rounds: int):

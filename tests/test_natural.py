@@ -454,6 +454,8 @@ def test_mixture_log_prob_is_the_mixture_of_discretised_logistics(end_masses):
         keep = p > 1e-6  # (below, the difference of two sigmoids loses digits)
         assert got.shape == x.shape and keep.float().mean() > 0.6
         assert torch.allclose(got[keep], torch.log(p[keep]), rtol=0, atol=1e-9)
+    # raw outputs laid out parameter-major in memory (as the scale-map fit keeps them) give the same
+    assert torch.equal(lik.log_prob(x, raw.permute(2, 0, 1).contiguous().permute(1, 2, 0)), lik.log_prob(x, raw))
     trained = raw.float().requires_grad_()
     lik.log_prob(x, trained).sum().backward()
     assert torch.isfinite(trained.grad).all() and trained.grad.abs().sum() > 0
