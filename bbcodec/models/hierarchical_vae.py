@@ -221,7 +221,9 @@ class HierarchicalVAE(nn.Module):
         h = upsample(self.px_res.run(h, num))
         f = num.conv(self.px_out, h, relu=True)
         b, nf = f.shape[:2]
-        return f.reshape(b, nf, -1).transpose(1, 2)
+        # pixel-major in memory: each step's heads gather whole rows of features (a gather of
+        # strided columns took ten times as long as this one copy and the row gathers)
+        return f.reshape(b, nf, -1).transpose(1, 2).contiguous()
 
     def layout(self, h, w):
         return _layout(h, w, self.config.channels, self.config.context)
