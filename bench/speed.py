@@ -3,7 +3,7 @@
 * MNIST 8-bit test set (IDX, 10,000 images): ``bbcodec compress`` and ``decompress`` wall times
   (the CLI, start-up included) against ``xz -9e -T1`` on the same file;
 * binarised MNIST test set and CIFAR-10 test[0:1000]: images/s each way (``api.evaluate``, round
-  trip verified) and bits/dim;
+  trip verified) and bits/dim (``--binary-models``: other models on binarised MNIST, alternating);
 * kodim23 (768x512): CLI compress and decompress against ``cjxl -q 100 -e 7`` / ``djxl``;
 * ``--only kodak24``: the kodim23 comparison on every Kodak image (``--kodak24-repeats`` runs each);
 * under load: two identical CLI round trips of 2,000 MNIST digits started together, against one
@@ -67,27 +67,31 @@ def mnist_vs_xz(tmp: Path, repeats: int, threads: int) -> dict:
             "round_trip_ratio_vs_xz": (comp + decomp) / (xz_c + xz_d)}
 
 
-def api_rates(repeats: int) -> dict:
-    import torch
+def api_rates(repeats: int, binary_models: list[str] | None = None) -> dict:
+    """In-process rates (``api.evaluate``). ``binary_models``: time these models on binarised MNIST
+    too, their runs alternating with the default model's (``mnist_binary[NAME]`` entries)."""
+    import numpy as np
 
     from bbcodec import api
     from bbcodec.datasets import binarize, load_images
 
     out = {}
-    mnist = load_images(DATA / "mnist" / "t10k-images-idx3-ubyte.gz")
-    cases = {"mnist_binary": binarize(mnist), "cifar10_test_first1000": DATA / "cifar10" / "test_batch_first1000.bin.gz"}
-    for name, src in cases.items():
-        if isinstance(src, torch.Tensor):
-            tmp = Path(tempfile.mkdtemp())
-            import numpy as np
-            np.save(tmp / "x.npy", src.numpy())
-            src = tmp / "x.npy"
-        runs = [api.evaluate(src) for _ in range(repeats)]
-        out[name] = {"bits_per_dim": runs[0]["code_length_bits_per_dim"],
-                     "negative_elbo_bits_per_dim": runs[0]["negative_elbo_bits_per_dim"],
-                     "encode_images_per_s": statistics.median(r["encode_images_per_s"] for r in runs),
-                     "decode_images_per_s": statistics.median(r["decode_images_per_s"] for r in runs),
-                     "images": runs[0]["images"]}
+    tmp = Path(tempfile.mkdtemp())
+    np.save(tmp / "x.npy", binarize(load_images(DATA / "mnist" / "t10k-images-idx3-ubyte.gz")).numpy())
+    cases = [("mnist_binary", tmp / "x.npy", None)]
+    cases += [(f"mnist_binary[{m}]", tmp / "x.npy", m) for m in binary_models or []]
+    cases += [("cifar10_test_first1000", DATA / "cifar10" / "test_batch_first1000.bin.gz", None)]
+    runs = {name: [] for name, _, _ in cases}
+    for _ in range(repeats):  # round-robin, so that a slow minute falls on every case alike
+        for name, src, model in cases:
+            runs[name].append(api.evaluate(src, model=model))
+    for name, _, _ in cases:
+        rs = runs[name]
+        out[name] = {"bits_per_dim": rs[0]["code_length_bits_per_dim"],
+                     "negative_elbo_bits_per_dim": rs[0]["negative_elbo_bits_per_dim"],
+                     "encode_images_per_s": statistics.median(r["encode_images_per_s"] for r in rs),
+                     "decode_images_per_s": statistics.median(r["decode_images_per_s"] for r in rs),
+                     "images": rs[0]["images"]}
     return out
 
 
@@ -152,6 +156,8 @@ def main():
     ap.add_argument("--only", nargs="*", default=["mnist", "rates", "kodak", "load"],
                     help="parts to run (also: kodak24, every Kodak image by the CLI against cjxl)")
     ap.add_argument("--kodak24-repeats", type=int, default=1, help="runs per image for kodak24")
+    ap.add_argument("--binary-models", nargs="*", default=[],
+                    help="with rates: also time these models on binarised MNIST, alternating with the default")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not DATA.exists():
@@ -166,8 +172,9 @@ def main():
             results["mnist_uint8_vs_xz"] = mnist_vs_xz(tmp, args.repeats, args.threads)
             print("MNIST 8-bit vs xz:", results["mnist_uint8_vs_xz"], flush=True)
         if "rates" in args.only:
-            results.update(api_rates(args.repeats))
-            print("rates:", {k: results[k] for k in ("mnist_binary", "cifar10_test_first1000")}, flush=True)
+            rates = api_rates(args.repeats, args.binary_models)
+            results.update(rates)
+            print("rates:", rates, flush=True)
         if "kodak" in args.only:
             results["kodim23"] = kodak_vs_jxl(tmp, args.repeats, args.threads)
             print("kodim23:", results["kodim23"], flush=True)
