@@ -393,7 +393,7 @@ def _model_row(m) -> dict:
     return row
 
 
-def _model_line(r) -> str:
+def _model_line(r, width: int = 16) -> str:
     bpd = r.get("test_bits_per_dim")
     if bpd is not None:
         figure = f"test {bpd:.4f} bits/dim"
@@ -403,7 +403,7 @@ def _model_line(r) -> str:
         figure = f"validation {r['valid_bits_per_dim_float']:.4f} bits/dim (training ELBO)"
     else:
         figure = "no test figure"
-    return (f"{r['name']:16s} {r.get('dataset', '?')}; {figure}; {r['size_bytes'] / 1e6:.1f} MB"
+    return (f"{r['name']:{width}s} {r.get('dataset', '?')}; {figure}; {r['size_bytes'] / 1e6:.1f} MB"
             + (f"; the default for {r['default_for']}" if r.get("default_for") else "")
             + ("; shadowed by an earlier model of that name" if r.get("shadowed") else ""))
 
@@ -440,17 +440,18 @@ def models(as_json, install, name, force):
         click.echo(json.dumps(rows, indent=2))
         return
     embedded = [r for r in rows if r["where"] == "embedded"]
+    width = max([16] + [len(r["name"]) for r in rows])  # the descriptions in one column
     if not embedded:
         click.echo("no embedded models")
     for r in embedded:
-        click.echo(_model_line(r))
+        click.echo(_model_line(r, width))
     dirs = zoo.user_model_dirs()
     for d in dirs:
         mine = [r for r in rows if r["where"] == "user" and Path(r["path"]).parent == d]
         if mine:
             click.echo(f"your models in {d}:")
             for r in mine:
-                click.echo(_model_line(r))
+                click.echo(_model_line(r, width))
     if not any(r["where"] == "user" for r in rows):
         click.echo(f"no models of yours in {os.pathsep.join(map(str, dirs))} (`bbcodec models --install PATH` adds one)")
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from bbcodec import zoo
 from bbcodec.cli import main
 
 from helpers import SAMPLE_BINARY, SAMPLE_IDX, save_tiny
@@ -157,7 +158,11 @@ def test_info_eval_models(tmp_path, models):
     assert rep["images"] == 16 and rep["code_length_bits_per_dim"] > 0
     assert set(rep["overhead_bits"]) == {"container_header_bits", "ans_framing_and_padding_bits", "initial_bits",
                                          "head_length_field_bits", "coding_plan_bits"}
-    run("models")
+    listing = run("models").output.splitlines()
+    embedded = [line for line in listing if line.split(" ", 1)[0] in zoo.embedded_models()]
+    # names longer than the usual column still leave the descriptions in one column
+    assert len(embedded) == len(zoo.embedded_models())
+    assert len({len(line) - len(line[len(line.split(" ", 1)[0]):].lstrip()) for line in embedded}) == 1
 
 
 def test_console_script_error_has_no_traceback(tmp_path):
