@@ -403,7 +403,7 @@ def is_failure(outcome: str) -> bool:
 
 def campaign(cases: int, seed: int, workers: int, timeout: float, memory: int, log=print) -> dict:
     """Run ``cases`` mutation cases plus every input case; returns the counts and failures."""
-    counts, failures, slowest = Counter(), [], 0.0
+    counts, failures, slowest, slowest_case = Counter(), [], 0.0, None
     rng = random.Random(seed)
     _worker_init(0)  # input cases run here (with no memory limit, to see their real use)
     for what, name, raw in input_cases(rng):
@@ -421,7 +421,8 @@ def campaign(cases: int, seed: int, workers: int, timeout: float, memory: int, l
                 _, name, what, outcome, seconds = futures[s].result(timeout=timeout + 600)
             except FutureTimeout:
                 name, what, outcome, seconds = "?", "?", "hang", timeout
-            slowest = max(slowest, seconds)
+            if seconds > slowest:
+                slowest, slowest_case = seconds, {"seed": s, "seed_file": name, "mutation": what, "outcome": outcome}
             if seconds > timeout:
                 outcome = "hang"
             counts[outcome.split(":")[0]] += 1
@@ -433,6 +434,7 @@ def campaign(cases: int, seed: int, workers: int, timeout: float, memory: int, l
                 log(f"{i + 1}/{cases} cases, {time.time() - t0:.0f} s: {dict(counts)}")
     return {"cases": cases, "input_cases": sum(v for k, v in counts.items() if k.startswith("input")),
             "counts": dict(counts), "failures": failures, "slowest_case_seconds": round(slowest, 2),
+            "slowest_case": slowest_case,
             "seconds": round(time.time() - t0, 1)}
 
 
