@@ -29,6 +29,7 @@ TRAINABLE_ARCHITECTURES = [name for name in ARCHITECTURES if name != "protocol"]
 _VERBOSE = False
 KINDS = ("idx", "npy", "cifar", "png", "pnm")  # as bbcodec.formats.KINDS (not imported: it needs numpy)
 INTERRUPTED = 130
+CLOSED_PIPE = 141  # as a shell reports a process ended by SIGPIPE (128 + 13)
 
 
 _SIGINT = [False]  # set once Ctrl-C was pressed, even if some library swallowed the KeyboardInterrupt
@@ -48,6 +49,17 @@ def _check_interrupted():
     """Ctrl-C that surfaced as another exception (an import it broke) or not at all: still Ctrl-C."""
     if _SIGINT[0]:
         _interrupted()
+
+
+def _closed_pipe():
+    """Standard output's reader went away (``bbcodec info F | head -1``): stop quietly, as tools
+    ended by SIGPIPE do, with its status; what is still buffered goes nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(CLOSED_PIPE)
 
 
 def _internal_error(exc: BaseException) -> None:
@@ -104,6 +116,8 @@ class _Group(click.Group):
             sys.exit(1)
         except KeyboardInterrupt:
             _interrupted()
+        except BrokenPipeError:
+            _closed_pipe()
         except MemoryError:
             click.echo("bbcodec: error: out of memory (try a smaller --chunk)", err=True)
             sys.exit(1)

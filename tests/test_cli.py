@@ -165,6 +165,20 @@ def test_info_eval_models(tmp_path, models):
     assert len({len(line) - len(line[len(line.split(" ", 1)[0]):].lstrip()) for line in embedded}) == 1
 
 
+def test_closed_standard_output_stops_quietly(tmp_path):
+    """``bbcodec info F | head -1`` and the like: a reader that closes the pipe ends the command
+    with SIGPIPE's status (141) and nothing on standard error, not an "internal error"."""
+    exe = Path(sys.executable).with_name("bbcodec")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    src = small_idx(tmp_path, 4)
+    run("compress", src, "-q")
+    p = subprocess.Popen([str(exe), "info", str(src) + ".bbc"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command writes anything
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
+
+
 def test_console_script_error_has_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("bbcodec")
     if not exe.exists():
