@@ -421,10 +421,10 @@ def campaign(cases: int, seed: int, workers: int, timeout: float, memory: int, l
                 _, name, what, outcome, seconds = futures[s].result(timeout=timeout + 600)
             except FutureTimeout:
                 name, what, outcome, seconds = "?", "?", "hang", timeout
-            if seconds > slowest:
-                slowest, slowest_case = seconds, {"seed": s, "seed_file": name, "mutation": what, "outcome": outcome}
             if seconds > timeout:
                 outcome = "hang"
+            if seconds > slowest:
+                slowest, slowest_case = seconds, {"seed": s, "seed_file": name, "mutation": what, "outcome": outcome}
             counts[outcome.split(":")[0]] += 1
             if is_failure(outcome):
                 failures.append({"seed": s, "seed_file": name, "mutation": what, "outcome": outcome,

@@ -41,6 +41,13 @@ def with_offsets(raw: torch.Tensor, scale_map: ScaleMap | None) -> torch.Tensor:
     return raw + scale_map.offsets.to(raw)
 
 
+def _logsumexp_rows(t: torch.Tensor) -> torch.Tensor:
+    """``log(sum(exp(t), 0))`` of a ``(rows, N)`` tensor, elementwise over its long rows (the
+    maximum is a constant for autograd)."""
+    top = t.amax(0).detach()
+    return top + torch.log(torch.exp(t - top).sum(0))
+
+
 class Likelihood:
     """``scale_map`` (where a likelihood has scales, else ignored): a :class:`ScaleMap` applied to
     every log-scale, or None."""
@@ -90,8 +97,7 @@ class LogisticMixtureLikelihood(Likelihood):
         # contiguous rows, the log-softmax too (a reduction over 6 strided values per pixel is slow)
         raw = with_offsets(raw, scale_map).reshape(-1, raw.shape[-1]).t().contiguous()
         logits, means, log_scales = raw.split([m, k, k])  # split, not slices: one backward for all three
-        top = logits.amax(0).detach()
-        log_w = logits - (top + torch.log(torch.exp(logits - top).sum(0)))  # (m, N)
+        log_w = logits - _logsumexp_rows(logits)  # (m, N)
         weights = log_w[:k]  # (K, N), as everything below
         log_scales = log_scales + LOG_SCALE_OFFSET
         if scale_map is not None:
@@ -109,9 +115,7 @@ class LogisticMixtureLikelihood(Likelihood):
         if edge.numel():
             me, he = mid[:, edge], half[:, edge]
             out[:, edge] = torch.where(at_first, F.logsigmoid(me + he), F.logsigmoid(he - me))
-        parts = out + weights
-        top = parts.amax(0).detach()
-        total = top + torch.log(torch.exp(parts - top).sum(0))
+        total = _logsumexp_rows(out + weights)
         if self.end_masses and edge.numel():
             ends = torch.where(at_first, log_w[-2, edge], log_w[-1, edge])
             total[edge] = torch.logaddexp(total[edge], ends)
