@@ -694,9 +694,18 @@ def _split_lanes(model, lanes: int) -> list[tuple[int, int]]:
 
 
 def _own_scratch(p: tuple) -> tuple:
-    """The parameters with a private scratch row where the lookup writes one (categorical from
-    probabilities), so that threads can search at once."""
-    return p[:4] + (np.zeros_like(p[4]),) if len(p) == 5 and isinstance(p[4], np.ndarray) else p
+    """The parameters with private copies of the buffers that intervals and lookups write
+    (categorical from probabilities: the row's scale in ``p[3]``, the quantised row in ``p[4]``),
+    so that threads can compute at once."""
+    if len(p) == 5 and isinstance(p[4], np.ndarray):
+        return p[:3] + (p[3].copy(), np.zeros_like(p[4]))
+    return p
+
+
+def _per_block(p: tuple, blocks: list) -> list[tuple]:
+    """One parameter tuple per block of lanes: ``p`` itself for the first, private copies of its
+    written buffers (:func:`_own_scratch`) for the others."""
+    return [p] + [_own_scratch(p) for _ in blocks[1:]]
 
 
 def push_rounds(model, message, symbols: torch.Tensor) -> None:
@@ -707,7 +716,10 @@ def push_rounds(model, message, symbols: torch.Tensor) -> None:
     flat = _array(symbols.reshape(-1), torch.int64)
     p = _PARAMS[type(model).__name__](model)
     start, freq = np.empty_like(flat), np.empty_like(flat)
-    run_blocks(_split_lanes(model, flat.shape[0]), lambda lo, hi: _intervals_into(p, flat, lo, hi, start, freq))
+    blocks = _split_lanes(model, flat.shape[0])
+    params = _per_block(p, blocks)
+    run_blocks([(k, lo, hi) for k, (lo, hi) in enumerate(blocks)],
+               lambda k, lo, hi: _intervals_into(params[k], flat, lo, hi, start, freq))
     root._reserve(flat.shape[0])
     heads = root.heads.view(-1).numpy()
     root._len = int(_push_intervals(start, freq, heads, lanes, root._words.numpy(), root._len, int(model.precision)))
@@ -727,7 +739,7 @@ def pop_rounds(model, message, rounds: int):
     if len(blocks) == 1:
         done, length = _pop_rounds(p, heads, lanes, words, root._len, precision, rounds, out)
     else:
-        params = [p] + [_own_scratch(p) for _ in blocks[1:]]
+        params = _per_block(p, blocks)
         fresh = np.empty(count, dtype=np.int64)
         done, length = rounds, root._len
         for r in range(rounds):
