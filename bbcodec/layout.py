@@ -17,12 +17,28 @@ from .coding_params import split_coding
 from .container import coding_header_bytes
 from .errors import BBCodecError
 from .registry import architecture
-from .segments import ELBO_SEED, Segment, decode_segments, encode_segments
+from .segments import ELBO_SEED, Segment, Starved, decode_segments, encode_segments
 from .threads import run_chunks
+
+MAX_RELEADS = 3  # times a one-image encoding may lengthen its lead (see Layout.encode_chunk)
 
 
 def _ticker(progress, total):
     return None if progress is None else (lambda n: progress(n, total))
+
+
+class _CappedTicks:
+    """Progress ticks passed on to ``tick`` up to ``total`` units in all: a re-led encoding codes a
+    few more, smaller, units than it set out to."""
+
+    def __init__(self, tick, total: int):
+        self.tick, self.left = tick, total
+
+    def __call__(self, n: int) -> None:
+        n = min(n, self.left)
+        if n > 0:
+            self.left -= n
+            self.tick(n)
 
 
 def _serialised(tick):
@@ -64,20 +80,47 @@ class Layout:
         one_channel = loaded.config.get("channels", 3) == 1
         self.grey = self.arch.tiled and len(self.shape) == 3 and not one_channel
         self.luminance = self.arch.tiled and len(self.shape) == 3 and one_channel
-        self.levels = []
+        self.levels, self.pieces = [], []
+        self.releads = 0  # how often the encoder may still lengthen the lead (Layout.encode_chunk)
         if self.params.lead_tiles is None:  # the encoder chooses; files always say
             self.params = replace(self.params, lead_tiles=self._chosen_leads() if self.arch.tiled else ())
-        if self.arch.tiled:
-            h, w = self.shape[-2:]
-            patch = loaded.config.get("patch")
-            self.levels = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid, self.params.lead_tiles)
-        # the flat list of segments: (level index, piece index)
-        self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
+        self._set_levels()
         groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
         nout = self.loaded.model.likelihood.nout if self.levels else 1
         for key in MAP_KEYS:
             setattr(self.params, key, scale_maps.check_level_maps(getattr(self.params, key), key, len(self.levels),
                                                                   groups, nout))
+
+    def _set_levels(self) -> None:
+        """:attr:`levels` from the parameters, and :attr:`pieces`, the flat list of segments of a
+        chunk as (level index, piece index)."""
+        if self.arch.tiled:
+            h, w = self.shape[-2:]
+            self.levels = tiling.levels(h, w, self.loaded.config.get("patch"), self.params.tile,
+                                        self.params.pyramid, self.params.lead_tiles)
+        self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
+
+    def _starvable(self) -> dict:
+        """``{segment: 1}``: the segments whose starvation (:class:`~bbcodec.segments.Starved`)
+        lengthens the lead. While :attr:`releads` lasts (and the plan is stored), those are the
+        first level's pieces of full-size tiles after its first piece: a full-size tile's pop is
+        the largest a chunk's start has to pay for."""
+        if self.releads <= 0 or not self.levels or not self.params.stored_plan:
+            return {}
+        first = self.levels[0]
+        return {s: 1 for s, (k, i) in enumerate(self.pieces) if k == 0 and i > 0 and first.pieces[i].tile == first.tile}
+
+    def _relead(self, segment: int) -> None:
+        """Cut the row of tiles that starved at ``segment`` (see :meth:`_starvable`) into tiles of
+        half the size: the rows before it put too few bits in the message for its pops (a sky
+        that costs far less than the estimates the lead was chosen from)."""
+        first = self.levels[0]
+        row = first.pieces[self.pieces[segment][1]].top // first.tile
+        lead = (list(first.lead) + [first.tile] * row)[:row] + [first.tile // 2]
+        rest = tuple(self.params.lead_tiles[1:]) or ((),) * (len(self.levels) - 1)
+        self.params = replace(self.params, lead_tiles=(tuple(lead),) + rest)
+        self.releads -= 1
+        self._set_levels()
 
     def _chosen_leads(self) -> tuple:
         """The lead tiles an encoder stores: :func:`plan.lead_tiles` of the first level from the
@@ -170,12 +213,21 @@ class Layout:
     def encode_chunk(self, index: int, part: torch.Tensor, progress=None, codecs=None):
         """Chunk ``index`` of :meth:`chunk_parts`: ``(bytes, units, stats)``. ``codecs``: those of
         :meth:`codecs`, to reuse for runs of units (made afresh if not given)."""
-        if self.whole_images:
-            segments = self.segments(part)  # tiles made chunk by chunk
-        else:
+        if not self.whole_images:
             segments = [Segment((codecs or self.codecs())[0], part)]
-        data, st = encode_segments(segments, chunk=index, progress=progress)
-        return data, sum(len(s.units) for s in segments), st
+            data, st = encode_segments(segments, chunk=index, progress=progress)
+            return data, len(part), st
+        resume = None
+        while True:
+            segments = self.segments(part)  # tiles made chunk by chunk
+            try:
+                data, st = encode_segments(segments, chunk=index, progress=progress,
+                                           stop_if_starved=self._starvable(), resume=resume)
+                return data, sum(len(s.units) for s in segments), st
+            except Starved as starved:
+                # the rows before it are coded alike whatever this row's tiles: carry on from there
+                self._relead(starved.segment)
+                resume = starved.state
 
     def _cap_initial_lanes(self, n_images: int, chunk: int) -> None:
         """Fewer initial lanes for small chunks (:func:`plan.capped_initial_lanes`; an encoder's
@@ -198,6 +250,11 @@ class Layout:
         parts = self.chunk_parts(images, chunk)
         if workers is not None and len(parts) > 1:
             return workers.encode(self, parts, tick)
+        if len(parts) == 1 and len(images) == 1 and self.whole_images and "lead_tiles" not in self._asked:
+            # one image in one chunk: where its first rows starve a row of full-size tiles, that
+            # row is cut smaller (the lead is the file's, so all its chunks and images share it)
+            self.releads = MAX_RELEADS
+            tick = tick and _CappedTicks(tick, self.unit_count())
         tick = _serialised(tick)
         shared = {}  # the codecs for runs of units, one set per thread of run_chunks
 

@@ -12,6 +12,7 @@ runs dry; the decoder must use the same), and a negative ELBO's latent samples u
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -41,6 +42,28 @@ class Segment(NamedTuple):
 
 
 @dataclass
+class EncoderState:
+    """Where :func:`encode_segments` stopped: its message, the plan so far, the last batch's size,
+    the units coded and its start time; ``resume=`` carries on from there."""
+
+    msg: Message
+    plan: list
+    prev: int
+    units_done: int
+    started: float
+
+
+class Starved(Exception):
+    """:func:`encode_segments` stopped at the start of segment ``segment``, whose plan would code a
+    first batch of ``units`` units without bits-back, the message not holding the bits their pop
+    takes (see ``stop_if_starved``); ``state`` resumes the encoding there."""
+
+    def __init__(self, segment: int, units: int, state: EncoderState):
+        super().__init__(f"segment {segment} is starved of bits for the pops of {units} units")
+        self.segment, self.units, self.state = segment, units, state
+
+
+@dataclass
 class CodingStats:
     bits: int = 0  # ANS message size (stream + packed heads)
     initial_bits: int = 0  # seeded bits consumed (random heads + seeded words)
@@ -51,29 +74,48 @@ class CodingStats:
     extra: dict = field(default_factory=dict)
 
 
-def encode_segments(segments: list[Segment], chunk: int = 0, progress=None) -> tuple[bytes, CodingStats]:
+def encode_segments(segments: list[Segment], chunk: int = 0, progress=None,
+                    stop_if_starved: dict | None = None, resume: EncoderState | None = None) -> tuple[bytes, CodingStats]:
     """Encode the segments in order onto the message of chunk ``chunk``; returns the chunk bytes
     (the plan, if stored, then the ANS message) and statistics. Start-up settings
     (``initial_lanes``, ``plain_start``, ``stored_plan``) come from the first segment's codec.
 
+    Raises :class:`Starved` where the plan would code the first batch of segment ``i`` without
+    bits-back and of at least ``stop_if_starved[i]`` units. The caller may then cut the units from
+    there on differently and pass the exception's ``state`` as ``resume``: the encoding carries on
+    after its first ``state.units_done`` units (of ``segments`` as they are now; those must be the
+    units it coded), with the bytes a fresh encoding of the new segments would give wherever that
+    plans the same batches up to there, and a valid chunk in any case.
+
     With ``stored_plan`` each batch is planned from :meth:`Message.content_bits`, the bits really
     in the message, rather than from ``bits_per_image``; units that cost far less than the
     estimate (a white sky) then cannot starve the bits-back pops of later batches."""
-    t0 = time.perf_counter()
     p = segments[0].codec.params
     fixed = None if p.stored_plan else plan_batches([(len(s.units), s.codec.params) for s in segments], p)
-    msg = Message((p.initial_lanes if fixed is None else fixed[0].lanes,), seed=chunk_seed(chunk),
-                  random_heads=not p.plain_start)
-    plan, prev = [], 0
+    if resume is None:
+        msg = Message((p.initial_lanes if fixed is None else fixed[0].lanes,), seed=chunk_seed(chunk),
+                      random_heads=not p.plain_start)
+        plan, prev, done, t0 = [], 0, 0, time.perf_counter()
+    else:
+        msg, plan, prev, done, t0 = resume.msg, resume.plan, resume.prev, resume.units_done, resume.started
+    stop_if_starved, before = stop_if_starved or {}, 0
     with torch.inference_mode():
-        for codec, units, given in segments:
+        for index, (codec, units, given) in enumerate(segments):
+            skip = min(len(units), max(0, done - before))  # units coded before a resume
+            before += len(units)
+            if skip == len(units):
+                continue
+            units = units[skip:].to(torch.int64)  # once: the batches are views of it
+            given = None if given is None else given[skip:]
             start, n = 0, len(units)
-            units = units.to(torch.int64)  # once: the batches are views of it
             with codec.posteriors_ahead(units):
                 while start < n:
                     lanes = msg.lane_shape[0]
                     batch = fixed[len(plan)] if fixed else next_batch(msg.content_bits(), n - start, lanes, prev,
                                                                       codec.params)
+                    if (not batch.bits_back and start == skip == 0
+                            and batch.units >= stop_if_starved.get(index, math.inf)):
+                        raise Starved(index, batch.units, EncoderState(msg, plan, prev, done, t0))
                     if batch.lanes > lanes:
                         msg.grow((batch.lanes,))
                     part = slice(start, start + batch.units)
@@ -82,6 +124,7 @@ def encode_segments(segments: list[Segment], chunk: int = 0, progress=None) -> t
                     coder.push(msg, units[part])
                     plan.append(batch)
                     start += batch.units
+                    done += batch.units
                     prev = batch.units
                     if progress:
                         progress(batch.units)

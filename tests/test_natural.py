@@ -245,6 +245,42 @@ def test_lead_tiles_are_chosen_stored_and_decoded(colour_model):
         assert torch.equal(api.decompress_images(plain.to_bytes(), colour_model), x)
 
 
+def test_a_starved_row_of_full_size_tiles_is_cut_smaller_and_coded_again(colour_model):
+    """Where the first rows put too few bits in the message for a row of full-size tiles' pops
+    (estimates that promise more bits than the image holds), a one-chunk encoder restarts with
+    that row cut into half-size tiles: the file stores the longer lead and decodes; the progress
+    counts every unit once and ends at the total; an asked lead and a file of several chunks are
+    left alone."""
+    from bbcodec.segments import Starved, encode_segments
+    from bbcodec.zoo import load_model
+
+    x = torch.randint(0, 256, (1, 64, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    coding = {"pyramid": 0, "tile": 16, "bits_per_image": 20000, "pop_bits_per_image": 6000, "adapt": False,
+              "plain_start": True, "stored_plan": True}
+    loaded = load_model(colour_model)
+    layout = Layout(loaded, x.shape, coding)
+    assert layout.params.lead_tiles == () and layout.levels[0].lead == (8,)  # the estimates ask for no ramp
+    with pytest.raises(Starved) as starved:
+        encode_segments(layout.segments(x), stop_if_starved={1: 1})
+    assert starved.value.segment == 1 and starved.value.units >= 1
+    encode_segments(layout.segments(x), stop_if_starved={1: starved.value.units + 1})  # milder: codes on
+    ticks = []
+    layout.encode(x, chunk=10_000, progress=lambda n, total: ticks.append((n, total)))
+    lead = layout.params.lead_tiles[0]
+    assert lead[:2] == (8, 8) and set(lead) == {8}
+    assert sum(n for n, _ in ticks) == ticks[0][1] and {t for _, t in ticks} == {ticks[0][1]}
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    assert api.Container.from_bytes(data).coding["lead_tiles"] == [list(lead)]
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    asked = api.compress_images(x, colour_model, coding={**coding, "lead_tiles": [[8]]}, fallback=False)
+    assert api.Container.from_bytes(asked).coding["lead_tiles"] == [[8]]
+    two = torch.cat([x, x.flip(1)])
+    several = api.compress_images(two, colour_model, coding=coding, chunk=8, fallback=False)
+    assert len(api.Container.from_bytes(several).chunks) == 2
+    assert "lead_tiles" not in api.Container.from_bytes(several).coding
+    assert torch.equal(api.decompress_images(several, colour_model), two)
+
+
 def test_small_files_start_with_fewer_lanes(colour_model):
     """Each lane a message starts with costs about 36 bits at the end, so a small file starts with
     fewer (stored, so it decodes), and a large one keeps the model's setting."""
