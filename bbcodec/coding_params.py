@@ -79,6 +79,11 @@ OPTIONS = (
            "tiled models: per coded pyramid level, for each pixel group in turn, the offsets added to its "
            "raw likelihood parameters, in units of :data:`bbcodec.scale_maps.OFFSET_UNIT` (empty: none)",
            old_default=()),
+    Option("edge_tiles", bool, (), None, True,
+           "tiled models: pad images to a multiple of the model's patch only and cut the rows and columns "
+           "that do not fill a whole tile into smaller tiles, instead of padding to whole tiles (see "
+           ":class:`bbcodec.tiling.Level`; the encoder's default, None, uses them where they change the "
+           "tiling)", old_default=False),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -82,8 +82,13 @@ class Layout:
         self.luminance = self.arch.tiled and len(self.shape) == 3 and one_channel
         self.levels, self.pieces = [], []
         self.releads = 0  # how often the encoder may still lengthen the lead (Layout.encode_chunk)
+        choose_edge = self.params.edge_tiles is None  # the encoder chooses; files always say
+        if choose_edge:
+            self.params = replace(self.params, edge_tiles=self.arch.tiled)
         if self.params.lead_tiles is None:  # the encoder chooses; files always say
             self.params = replace(self.params, lead_tiles=self._chosen_leads() if self.arch.tiled else ())
+        if choose_edge and self.arch.tiled and self._whole_tiles_alike():
+            self.params = replace(self.params, edge_tiles=False)  # files say what files before them did
         self._set_levels()
         groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
         nout = self.loaded.model.likelihood.nout if self.levels else 1
@@ -97,7 +102,7 @@ class Layout:
         if self.arch.tiled:
             h, w = self.shape[-2:]
             self.levels = tiling.levels(h, w, self.loaded.config.get("patch"), self.params.tile,
-                                        self.params.pyramid, self.params.lead_tiles)
+                                        self.params.pyramid, self.params.lead_tiles, self.params.edge_tiles)
         self.pieces = [(k, i) for k, lvl in enumerate(self.levels) for i in range(len(lvl.pieces))]
 
     def _starvable(self) -> dict:
@@ -122,15 +127,25 @@ class Layout:
         self.releads -= 1
         self._set_levels()
 
+    def _whole_tiles_alike(self) -> bool:
+        """Whether whole tiles, with the same lead, tile this shape as edge tiles do
+        (:class:`tiling.Level`)."""
+        (h, w), patch, p = self.shape[-2:], self.loaded.config.get("patch"), self.params
+        try:
+            whole, edge = (tiling.levels(h, w, patch, p.tile, p.pyramid, p.lead_tiles, e) for e in (False, True))
+        except ValueError:  # the lead does not fit whole tiles' rows
+            return False
+        return [(lvl.padded, lvl.pieces) for lvl in whole] == [(lvl.padded, lvl.pieces) for lvl in edge]
+
     def _chosen_leads(self) -> tuple:
         """The lead tiles an encoder stores: :func:`plan.lead_tiles` of the first level from the
         start-up estimates (a grey image coded by a colour model costs a third of its estimate),
         or ``()`` where that is the default single row of patch-sized tiles."""
         (h, w), patch = self.shape[-2:], self.loaded.config.get("patch")
-        default = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid)
+        default = tiling.levels(h, w, patch, self.params.tile, self.params.pyramid, edge=self.params.edge_tiles)
         first = default[0]
         coded = 1 / self.loaded.config.get("channels", 3) if self.grey else 1.0
-        lead = plan.lead_tiles(first.tile, first.padded[0] // first.tile, first.tile * first.padded[1], patch,
+        lead = plan.lead_tiles(first.tile, first.rows, first.tile * first.padded[1], patch,
                                self.params.bits_per_image * coded, self.params.pop_bits_per_image)
         return () if lead == first.lead else (lead,) + ((),) * (len(default) - 1)
 

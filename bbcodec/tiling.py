@@ -7,7 +7,11 @@ uint8 tensors ``(N, C, H, W)``.
   and column (the padded pixels are coded too, and cropped off after decoding), then cut into
   ``t x t`` tiles in row-major order. The tile is the largest of the model's training patch
   times a power of two, up to the ``tile`` setting, that pads the image least: the networks are
-  fully convolutional, and larger tiles lose less context at their borders. The first level coded
+  fully convolutional, and larger tiles lose less context at their borders. With *edge tiles*
+  (files since ``edge_tiles``) the image is padded to a multiple of the patch only, the tile is
+  the largest that fits, and the rows and columns left over at the bottom and right are cut into
+  smaller tiles (:class:`Level`): a 1280x800 photograph gets 128x128 tiles and a bottom row of
+  32x32 ones, instead of 32x32 tiles throughout. The first level coded
   has its first rows of tiles cut into smaller tiles instead (its *lead*): the message is empty
   there, and a tile is coded without bits-back until the message holds the bits its latents'
   pop takes, which costs more the bigger the tile is. The lead is one row of patch-sized tiles
@@ -65,11 +69,47 @@ def from_tiles(tiles: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
 
 
 class Piece(NamedTuple):
-    """Rows ``[top, bottom)`` of a padded level image, cut into ``tile x tile`` tiles."""
+    """Tiles of one size, ``tile x tile``: the rectangles ``(top, bottom, left, right)`` of a
+    padded level image they cover, each cut in row-major order, in turn."""
 
-    top: int
-    bottom: int
     tile: int
+    rects: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def top(self) -> int:
+        return self.rects[0][0]
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per image."""
+        return sum((b - a) // self.tile * ((r - l) // self.tile) for a, b, l, r in self.rects)
+
+
+def _sizes_below(t: int, limit: int) -> list[int]:
+    """Tile sizes for a remainder: multiples of 4 dividing ``t``, at most ``limit``, largest first."""
+    return [d for d in range(min(t, limit) // 4 * 4, 0, -4) if t % d == 0]
+
+
+def _split(length: int, t: int) -> list[int]:
+    """``length`` (a multiple of 4, under ``t``) as a sum of tile sizes dividing ``t``, largest first."""
+    out = []
+    while length:
+        out.append(_sizes_below(t, length)[0])
+        length -= out[-1]
+    return out
+
+
+def _band(top: int, bottom: int, width: int, size: int) -> tuple[list, list]:
+    """A band of rows ``[top, bottom)`` (a multiple of ``size`` high) as ``size`` tiles from the left
+    edge, and columns of smaller tiles for the rest of ``width``: ``(main, remainder)`` entries
+    ``(tile, rect)``."""
+    cut = width // size * size
+    main = [(size, (top, bottom, 0, cut))] if cut else []
+    rest, left = [], cut
+    for d in _split(width - cut, size):
+        rest.append((d, (top, bottom, left, left + d)))
+        left += d
+    return main, rest
 
 
 class Level(NamedTuple):
@@ -77,97 +117,155 @@ class Level(NamedTuple):
     level is given by the next level (``split``), and ``lead``, the tile sizes of its first rows
     of tiles (each row ``tile`` pixels high; the rest uses ``tile``). The first level coded has no
     bits in the message to take bits back from; small tiles there keep the images coded without
-    bits-back (see ``plain_start``) small."""
+    bits-back (see ``plain_start``) small.
+
+    ``grain`` (0: ``tile``) is what the image is padded to a multiple of. With a grain smaller
+    than the tile (*edge tiles*), the rows and columns that do not fill a whole tile are cut into
+    smaller tiles (sizes dividing ``tile``, largest first) instead of padding the image up to
+    whole tiles."""
 
     h: int
     w: int
     tile: int
     split: bool
     lead: tuple[int, ...] = ()
+    grain: int = 0
 
     @property
     def padded(self) -> tuple[int, int]:
-        return padded_size(self.h, self.tile), padded_size(self.w, self.tile)
+        g = self.grain or self.tile
+        return padded_size(self.h, g), padded_size(self.w, g)
+
+    @property
+    def rows(self) -> int:
+        """Whole rows of full-height tiles (lead rows included)."""
+        return self.padded[0] // self.tile
 
     @property
     def pieces(self) -> list[Piece]:
-        """Runs of rows with the same tile size, top to bottom."""
-        ph, t = self.padded[0], self.tile
-        sizes = list(self.lead) + [t] * (ph // t - len(self.lead))
+        """The level's tiles, grouped in coding order into runs of one size: the lead rows, their
+        right-hand remainders, the rows of full-size tiles, theirs, then the bands of smaller tiles
+        at the bottom (each with its remainder). Without edge tiles, runs of rows of one size."""
+        (ph, pw), t = self.padded, self.tile
+        sizes = list(self.lead) + [t] * (self.rows - len(self.lead))
+        order = []
+        for rows in (range(len(self.lead)), range(len(self.lead), self.rows)):
+            bands = [_band(r * t, (r + 1) * t, pw, sizes[r]) for r in rows]
+            order += [e for main, _ in bands for e in main] + [e for _, rest in bands for e in rest]
+        top = self.rows * t
+        for d in _split(ph - top, t):
+            main, rest = _band(top, top + d, pw, d)
+            order += main + rest
+            top += d
         out = []
-        for row, size in enumerate(sizes):
-            if out and out[-1].tile == size:
-                out[-1] = out[-1]._replace(bottom=(row + 1) * t)
+        for size, rect in order:
+            if out and out[-1][0] == size:
+                last = out[-1][1][-1]
+                if last[1] == rect[0] and last[2:] == rect[2:]:  # the same columns, one row down
+                    out[-1][1][-1] = (last[0], rect[1], *rect[2:])
+                else:
+                    out[-1][1].append(rect)
             else:
-                out.append(Piece(row * t, (row + 1) * t, size))
-        return out
+                out.append((size, [rect]))
+        return [Piece(size, tuple(rects)) for size, rects in out]
 
     def tiles_in(self, piece: Piece) -> int:
-        return (piece.bottom - piece.top) // piece.tile * (self.padded[1] // piece.tile)
+        return piece.tiles
 
     @property
     def tiles_per_image(self) -> int:
-        return sum(self.tiles_in(p) for p in self.pieces)
+        return sum(p.tiles for p in self.pieces)
 
     @property
     def next_size(self) -> tuple[int, int]:
         return self.padded[0] // SUBSAMPLE, self.padded[1] // SUBSAMPLE
 
 
-def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0, leads=None) -> list[Level]:
+def levels(h: int, w: int, patch: int, largest_tile: int = 0, pyramid: int = 0, leads=None,
+           edge: bool = False) -> list[Level]:
     """The pyramid of an ``h x w`` image, full size first. ``pyramid`` is the shorter side from
-    which an image is split (0: never); tiles are chosen by :func:`tile_size`. ``leads``, per level,
-    the tile sizes of its first rows (:attr:`Level.lead`); by default (``None`` or empty) the first
-    level's first row of tiles uses ``patch``-sized tiles if its tiles are larger and it has more
-    rows. ``ValueError`` unless given leads fit the levels: one per level, each size a multiple of 4
-    that divides the level's tile, no more sizes than rows."""
-    out = _levels(h, w, patch, largest_tile, pyramid)
+    which an image is split (0: never); tiles are chosen by :func:`tile_size`, or with ``edge``
+    (edge tiles, see :class:`Level`) every level is padded to a multiple of ``patch`` only and
+    its tile is the largest ``patch * 2**k`` up to ``largest_tile`` that fits it. ``leads``, per
+    level, the tile sizes of its first rows (:attr:`Level.lead`); by default (``None`` or empty)
+    the first level's first row of tiles uses ``patch``-sized tiles if its tiles are larger and it
+    has more rows. ``ValueError`` unless given leads fit the levels: one per level, each size a
+    multiple of 4 that divides the level's tile, no more sizes than rows."""
+    out = _levels(h, w, patch, largest_tile, pyramid, edge)
     if not leads:
         return out
     leads = tuple(tuple(lead) for lead in leads)
     if len(leads) != len(out) or any(
-            len(lead) > lvl.padded[0] // lvl.tile
-            or any(type(t) is not int or t < 4 or t % 4 or lvl.tile % t for t in lead)
+            len(lead) > lvl.rows or any(type(t) is not int or t < 4 or t % 4 or lvl.tile % t for t in lead)
             for lead, lvl in zip(leads, out)):
         raise ValueError("lead tiles do not fit the model and image shape")
     return [lvl._replace(lead=lead) for lvl, lead in zip(out, leads)]
 
 
-def _levels(h: int, w: int, patch: int, largest_tile: int, pyramid: int) -> list[Level]:
+def _edge_tile(h: int, w: int, patch: int, largest: int) -> int:
+    t, fits = patch, min(padded_size(h, patch), padded_size(w, patch))
+    while t * 2 <= max(largest, patch) and t * 2 <= fits:
+        t *= 2
+    return t
+
+
+def _levels(h: int, w: int, patch: int, largest_tile: int, pyramid: int, edge: bool = False) -> list[Level]:
     if patch % SUBSAMPLE:
         raise ValueError(f"patch size {patch} is not a multiple of {SUBSAMPLE}")
     out = []
     while True:
-        t = tile_size(h, w, patch, largest_tile)
+        t = _edge_tile(h, w, patch, largest_tile) if edge else tile_size(h, w, patch, largest_tile)
+        lvl = Level(h, w, t, False, grain=patch if edge else 0)
+        ph, pw = lvl.padded
         split = bool(pyramid) and min(h, w) >= max(pyramid, 2 * SUBSAMPLE)
-        split = split and padded_size(h, t) // SUBSAMPLE < h and padded_size(w, t) // SUBSAMPLE < w  # smaller next
-        lead = (patch,) if not out and t > patch and padded_size(h, t) > t else ()
-        out.append(Level(h, w, t, split, lead))
+        split = split and ph // SUBSAMPLE < h and pw // SUBSAMPLE < w  # smaller next
+        lead = (patch,) if not out and t > patch and ph > t else ()
+        out.append(lvl._replace(split=split, lead=lead))
         if not split:
             return out
         h, w = out[-1].next_size
 
 
 def level_images(x: torch.Tensor, pyramid_levels: list[Level]) -> list[torch.Tensor]:
-    """The padded image of every level, ``(N, C, H_k, W_k)``, full size first."""
+    """The padded image of every level, ``(N, C, H_k, W_k)``, full size first: padded by repeating
+    the last row and column."""
     out = []
     for lvl in pyramid_levels:
-        padded = pad(x, lvl.tile)
+        h, w = x.shape[-2:]
+        rows = torch.clamp(torch.arange(lvl.padded[0]), max=h - 1)
+        cols = torch.clamp(torch.arange(lvl.padded[1]), max=w - 1)
+        padded = x[:, :, rows][:, :, :, cols]
         out.append(padded)
         x = padded[:, :, ::SUBSAMPLE, ::SUBSAMPLE]
     return out
 
 
 def cut(padded: torch.Tensor, lvl: Level) -> list[torch.Tensor]:
-    """A padded level image ``(N, C, H, W)`` to the tiles of each of the level's pieces."""
-    return [to_tiles(padded[:, :, p.top: p.bottom], p.tile) for p in lvl.pieces]
+    """A padded level image ``(N, C, H, W)`` to the tiles of each of the level's pieces,
+    ``(N * tiles, C, t, t)``, image by image."""
+    n, out = padded.shape[0], []
+    for p in lvl.pieces:
+        parts = [to_tiles(padded[:, :, a:b, l:r], p.tile) for a, b, l, r in p.rects]
+        if len(parts) == 1:
+            out.append(parts[0])
+        else:
+            out.append(torch.cat([t.reshape(n, -1, *t.shape[1:]) for t in parts], 1).reshape(-1, *parts[0].shape[1:]))
+    return out
 
 
 def uncut(parts: list[torch.Tensor], n: int, lvl: Level) -> torch.Tensor:
     """Inverse of :func:`cut`, cropped to the level's size: ``(N, C, h, w)``."""
-    w = lvl.padded[1]
-    rows = [from_tiles(t, n, p.bottom - p.top, w) for t, p in zip(parts, lvl.pieces)]
-    return torch.cat(rows, 2)[:, :, :lvl.h, :lvl.w].contiguous()
+    c = parts[0].shape[1]
+    full = torch.empty((n, c) + lvl.padded, dtype=parts[0].dtype)
+    for tiles, p in zip(parts, lvl.pieces):
+        tiles = tiles.reshape(n, -1, c, p.tile, p.tile)
+        first = 0
+        for a, b, l, r in p.rects:
+            count = (b - a) // p.tile * ((r - l) // p.tile)
+            full[:, :, a:b, l:r] = from_tiles(tiles[:, first:first + count].reshape(-1, c, p.tile, p.tile),
+                                              n, b - a, r - l)
+            first += count
+    return full[:, :, :lvl.h, :lvl.w].contiguous()
 
 
 def given_image(next_level: torch.Tensor, lvl: Level) -> torch.Tensor:

@@ -100,6 +100,24 @@ def add_file(out: Path, like: str, note: str, model: str | None = None) -> None:
     print(f"{bbc.name}: {bbc.stat().st_size:,} bytes")
 
 
+def add_original(out: Path, src: Path, model: str, note: str) -> None:
+    """Copy the picture ``src`` into ``out`` as a new original and append its ``.bbc``, coded by the
+    current code with ``model``: for a coding path no earlier original exercises (a shape, say)."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if any(r["original"] == src.name for r in manifest["files"]):
+        raise SystemExit(f"{src.name} is already an original: use --add")
+    (out / src.name).write_bytes(src.read_bytes())
+    manifest["files"].append({"original": src.name, "model": model, "compare": "pixels", "fallback": False,
+                              "bbc": f"{src.name}.bbc"})
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    add_file(out, f"{src.name}.bbc", note)
+    manifest = json.loads(path.read_text())
+    placeholder = next(r for r in manifest["files"] if r["bbc"] == f"{src.name}.bbc")
+    manifest["files"].remove(placeholder)  # the row add_file copied its options from
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden")
@@ -109,8 +127,12 @@ def main():
                     help="append one file to an existing manifest instead: the original of its row whose "
                     ".bbc is LIKE, coded by the current code with that row's model and options")
     ap.add_argument("--model", help="with --add: code it with this embedded model instead of the row's")
+    ap.add_argument("--add-original", nargs=3, metavar=("PICTURE", "MODEL", "NOTE"),
+                    help="append a new original (a picture file, copied in) coded by the current code with MODEL")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.add_original:
+        return add_original(args.out, Path(args.add_original[0]), *args.add_original[1:])
     if args.add:
         return add_file(args.out, *args.add, model=args.model)
     rows = originals(args.out)

@@ -211,7 +211,8 @@ def test_lead_tiles_ramp_up_where_the_first_pops_outgrow_the_rows_before():
     assert lead_tiles(128, 1, 128 * 128, 32, 9000, 20400) == (32,)
     # pieces are runs of rows with one tile size; the default is the single lead row
     lvl = tiling.levels(768, 512, 32, 128, 256, leads=[(32, 64, 64), ()])[0]
-    assert lvl.pieces == [tiling.Piece(0, 128, 32), tiling.Piece(128, 384, 64), tiling.Piece(384, 768, 128)]
+    assert lvl.pieces == [tiling.Piece(32, ((0, 128, 0, 512),)), tiling.Piece(64, ((128, 384, 0, 512),)),
+                          tiling.Piece(128, ((384, 768, 0, 512),))]
     assert lvl.tiles_per_image == 64 + 32 + 12
     assert tiling.levels(768, 512, 32, 128, 256, leads=[])[0].lead == (32,)
     for bad in ([(32,)], [(48,), ()], [(33,), ()], [(32,) * 7, ()], [(256,), ()], [(True,), ()]):
@@ -341,6 +342,73 @@ def test_pyramid_and_large_tiles_roundtrip(colour_model, shape):
     # the negative ELBO counts each coded pixel once
     elbo = layout.negative_elbo(x)
     assert elbo["bits"] > 0
+
+
+@given(h=st.integers(1, 90), w=st.integers(1, 90), largest=st.sampled_from([8, 16, 32]), pyramid=st.sampled_from([0, 16]),
+       lead=st.sampled_from([(), (8,), (8, 16)]))
+@settings(max_examples=60, deadline=None)
+def test_edge_tiles_cover_each_padded_pixel_once_and_cut_back(h, w, largest, pyramid, lead):
+    lv = tiling.levels(h, w, 8, largest, pyramid, edge=True)
+    if lead and len(lead) <= lv[0].rows and all(lv[0].tile % t == 0 for t in lead):
+        lv = tiling.levels(h, w, 8, largest, pyramid, leads=[lead] + [()] * (len(lv) - 1), edge=True)
+    x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+    for lvl, img in zip(lv, tiling.level_images(x, lv)):
+        assert all(side % 8 == 0 and side - size < 8 for side, size in zip(lvl.padded, (lvl.h, lvl.w)))
+        cover = torch.zeros(lvl.padded, dtype=torch.int64)
+        for piece in lvl.pieces:
+            for a, b, left, right in piece.rects:
+                assert (b - a) % piece.tile == 0 and (right - left) % piece.tile == 0 and piece.tile % 4 == 0
+                assert a % 4 == 0 and left % 4 == 0  # on the pyramid's subsampled grid
+                cover[a:b, left:right] += 1
+        assert bool((cover == 1).all())
+        tiles = tiling.cut(img, lvl)
+        assert [len(t) for t in tiles] == [2 * p.tiles for p in lvl.pieces]
+        assert torch.equal(tiling.uncut(tiles, 2, lvl), img[:, :, :lvl.h, :lvl.w])
+
+
+def test_edge_tiles_replace_padding_and_small_tiles():
+    whole, edge = (tiling.levels(800, 1280, 32, 128, 256, edge=e)[0] for e in (False, True))
+    assert whole.tile == 32 and whole.padded == (800, 1280)  # 128 would pad 800 rows to 896
+    assert edge.tile == 128 and edge.padded == (800, 1280) and edge.lead == (32,)
+    assert [(p.tile, p.rects) for p in edge.pieces] == [
+        (32, ((0, 128, 0, 1280),)), (128, ((128, 768, 0, 1280),)), (32, ((768, 800, 0, 1280),))]
+    # a remainder on both sides: a column of 64-pixel tiles, then the bottom bands of 64 and 32
+    photo = tiling.levels(3024, 4032, 32, 128, 256, edge=True)[0]
+    assert photo.padded == (3040, 4032) and photo.rows == 23
+    assert [(p.tile, p.rects) for p in photo.pieces][1:] == [
+        (128, ((128, 2944, 0, 3968),)), (64, ((128, 2944, 3968, 4032), (2944, 3008, 0, 4032))),
+        (32, ((3008, 3040, 0, 4032),))]
+    # where whole tiles fit, both tile alike
+    fit, edge = (tiling.levels(512, 768, 32, 128, edge=e)[0] for e in (False, True))
+    assert (fit.padded, fit.tile, fit.pieces) == (edge.padded, edge.tile, edge.pieces)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40, 56), (2, 3, 43, 37), (1, 56, 40)])
+def test_edge_tiles_are_chosen_where_they_tile_otherwise_and_round_trip(colour_model, shape):
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(sum(shape)))
+    coding = {"pyramid": 16, "tile": 16, "batch": 4, "lanes_per_image": 4, "initial_lanes": 4, "bits_per_image": 600,
+              "pop_bits_per_image": 300}
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    assert api.Container.from_bytes(data).coding["edge_tiles"] is True
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+    chunked = api.compress_images(x, colour_model, coding=coding, chunk=1, fallback=False)
+    assert torch.equal(api.decompress_images(chunked, colour_model), x)
+    whole = api.compress_images(x, colour_model, coding={**coding, "edge_tiles": False}, fallback=False)
+    assert "edge_tiles" not in api.Container.from_bytes(whole).header_dict()["c"][-1:]  # as files before it
+    assert torch.equal(api.decompress_images(whole, colour_model), x)
+    # a file whose header lost the flag is decoded with whole tiles: a clear error, not a wrong image
+    box = api.Container.from_bytes(data)
+    box.coding["edge_tiles"] = False
+    with pytest.raises(api.BBCodecError):
+        api.decompress_images(box.to_bytes(), colour_model)
+
+
+def test_edge_tiles_are_not_stored_where_whole_tiles_fit(colour_model):
+    x = torch.randint(0, 256, (1, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    coding = {"pyramid": 16, "tile": 16}
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    assert api.Container.from_bytes(data).coding.get("edge_tiles", False) is False
+    assert data == api.compress_images(x, colour_model, coding={**coding, "edge_tiles": False}, fallback=False)
 
 
 def test_files_from_before_the_pyramid_still_decode(colour_model):
