@@ -86,6 +86,8 @@ def originals() -> list[dict]:
          "kwargs": {"coding": {"pyramid": 64, "tile": 32}}},
         {"name": "lead-grey128.png", "raw": _png_bytes(np.asarray(photo[:128, :128].mean(-1), np.uint8), "L"),
          "kwargs": {"coding": {"tile": 64}}},  # photo-grey with ramped lead tiles (lead_tiles stored)
+        {"name": "edge-rgb136x200.png", "raw": _png_bytes(photo[:200, :136].copy(), "RGB"),
+         "kwargs": {"coding": {"tile": 64}}},  # edge tiles: 64x64 rows, a column and a bottom band of 32x32 (edge_tiles stored)
         {"name": "tensor-grey3", "tensor": np.frombuffer(idx_of(3)[16:], np.uint8).reshape(3, 28, 28).copy()},
         {"name": "tensor-rgb2", "tensor": cifar_images},
     ]
