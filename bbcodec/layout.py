@@ -137,6 +137,10 @@ class Layout:
             return False
         return [(lvl.padded, lvl.pieces) for lvl in whole] == [(lvl.padded, lvl.pieces) for lvl in edge]
 
+    def _tile_order(self) -> list[tuple]:
+        """``(level, tile, top, left)`` of one image's tiles in coding order."""
+        return [(k, *origin) for k, lvl in enumerate(self.levels) for origin in lvl.tile_origins()]
+
     def _chosen_leads(self) -> tuple:
         """The lead tiles an encoder stores: :func:`plan.lead_tiles` of the first level from the
         start-up estimates (a grey image coded by a colour model costs a third of its estimate),
@@ -241,8 +245,10 @@ class Layout:
                 return data, sum(len(s.units) for s in segments), st
             except Starved as starved:
                 # the rows before it are coded alike whatever this row's tiles: carry on from there
+                before = self._tile_order()
                 self._relead(starved.segment)
-                resume = starved.state
+                done = starved.state.units_done
+                resume = starved.state if self._tile_order()[:done] == before[:done] else None
 
     def _cap_initial_lanes(self, n_images: int, chunk: int) -> None:
         """Fewer initial lanes for small chunks (:func:`plan.capped_initial_lanes`; an encoder's

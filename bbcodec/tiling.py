@@ -143,15 +143,18 @@ class Level(NamedTuple):
 
     @property
     def pieces(self) -> list[Piece]:
-        """The level's tiles, grouped in coding order into runs of one size: the lead rows, their
-        right-hand remainders, the rows of full-size tiles, theirs, then the bands of smaller tiles
-        at the bottom (each with its remainder). Without edge tiles, runs of rows of one size."""
+        """The level's tiles, grouped in coding order into runs of one size: each lead row and its
+        right-hand remainder in turn, the rows of full-size tiles, their remainders, then the
+        bands of smaller tiles at the bottom (each with its remainder). Without edge tiles, runs of
+        rows of one size. Lengthening the lead by a row changes nothing of the order before that
+        row (the encoder's re-lead relies on it)."""
         (ph, pw), t = self.padded, self.tile
-        sizes = list(self.lead) + [t] * (self.rows - len(self.lead))
         order = []
-        for rows in (range(len(self.lead)), range(len(self.lead), self.rows)):
-            bands = [_band(r * t, (r + 1) * t, pw, sizes[r]) for r in rows]
-            order += [e for main, _ in bands for e in main] + [e for _, rest in bands for e in rest]
+        for r, size in enumerate(self.lead):  # row by row: a longer lead only appends to the order
+            main, rest = _band(r * t, (r + 1) * t, pw, size)
+            order += main + rest
+        bands = [_band(r * t, (r + 1) * t, pw, t) for r in range(len(self.lead), self.rows)]
+        order += [e for main, _ in bands for e in main] + [e for _, rest in bands for e in rest]
         top = self.rows * t
         for d in _split(ph - top, t):
             main, rest = _band(top, top + d, pw, d)
@@ -168,6 +171,11 @@ class Level(NamedTuple):
             else:
                 out.append((size, [rect]))
         return [Piece(size, tuple(rects)) for size, rects in out]
+
+    def tile_origins(self) -> list[tuple[int, int, int]]:
+        """``(tile, top, left)`` of each tile of one image, in coding order."""
+        return [(p.tile, y, x) for p in self.pieces for a, b, l, r in p.rects
+                for y in range(a, b, p.tile) for x in range(l, r, p.tile)]
 
     def tiles_in(self, piece: Piece) -> int:
         return piece.tiles

@@ -282,6 +282,43 @@ def test_a_starved_row_of_full_size_tiles_is_cut_smaller_and_coded_again(colour_
     assert torch.equal(api.decompress_images(several, colour_model), two)
 
 
+@pytest.mark.parametrize("shape, pop", [((1, 128, 40), 6000), ((1, 3, 128, 40), 20000)])
+def test_re_leading_rows_with_edge_tiles_keeps_the_rows_already_coded(colour_model, shape, pop):
+    """Each re-led row of half-size tiles has a remainder column (the width is not a multiple of
+    16): the coding order of the rows before it must not change, or the resumed encoding would
+    write a file that does not decode."""
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    coding = {"pyramid": 0, "tile": 32, "bits_per_image": 20000, "pop_bits_per_image": pop, "adapt": False,
+              "plain_start": True, "stored_plan": True}
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    box = api.Container.from_bytes(data)
+    assert box.coding["edge_tiles"] is True and box.coding["lead_tiles"][0].count(16) >= 2
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+
+
+def test_a_re_lead_that_reorders_coded_rows_starts_afresh(colour_model, monkeypatch):
+    """Should a longer lead ever change the order of tiles already coded, the encoder codes the
+    chunk again from the start instead of resuming: the bytes of an encoding asked for that lead."""
+    x = torch.randint(0, 256, (1, 128, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    coding = {"pyramid": 0, "tile": 32, "bits_per_image": 20000, "pop_bits_per_image": 6000, "adapt": False,
+              "plain_start": True, "stored_plan": True}
+    from bbcodec import layout as layout_module
+
+    resumes, encode = [], layout_module.encode_segments
+
+    def recording(*args, resume=None, **kwargs):
+        resumes.append(resume)
+        return encode(*args, resume=resume, **kwargs)
+
+    monkeypatch.setattr(layout_module, "encode_segments", recording)
+    monkeypatch.setattr(Layout, "_tile_order", lambda self: [object()])  # never the same prefix
+    data = api.compress_images(x, colour_model, coding=coding, fallback=False)
+    lead = api.Container.from_bytes(data).coding["lead_tiles"]
+    assert len(lead[0]) > 1 and len(resumes) >= 2 and resumes == [None] * len(resumes)  # re-led, never resumed
+    assert data == api.compress_images(x, colour_model, coding={**coding, "lead_tiles": lead}, fallback=False)
+    assert torch.equal(api.decompress_images(data, colour_model), x)
+
+
 def test_small_files_start_with_fewer_lanes(colour_model):
     """Each lane a message starts with costs about 36 bits at the end, so a small file starts with
     fewer (stored, so it decodes), and a large one keeps the model's setting."""
