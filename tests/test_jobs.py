@@ -98,6 +98,23 @@ def test_tiles_in_runs_and_pyramid_pieces(models):
             assert torch.equal(bbcodec.decompress_images(ref, model=models["colour"], jobs=2), images)
 
 
+def test_edge_tiles_same_bytes_in_workers_and_threads(models):
+    from bbcodec import threads
+
+    x = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    coding = {"pyramid": 16, "tile": 16}  # 8-pixel patch: 16x16 tiles, a column and a band of 8x8
+    ref = bbcodec.compress_images(x, model=models["colour"], coding=coding, chunk=1, fallback=False)
+    assert Container.from_bytes(ref).coding["edge_tiles"] is True and len(Container.from_bytes(ref).chunks) == 3
+    assert bbcodec.compress_images(x, model=models["colour"], coding=coding, chunk=1, fallback=False, jobs=2) == ref
+    before = threads.coding_threads()
+    try:
+        threads.configure(1)
+        assert bbcodec.compress_images(x, model=models["colour"], coding=coding, chunk=1, fallback=False) == ref
+    finally:
+        threads.configure(before)
+    assert torch.equal(bbcodec.decompress_images(ref, model=models["colour"], jobs=2), x)
+
+
 def _corrupt(data: bytes, index: int) -> bytes:
     box = Container.from_bytes(data)
     body = bytearray(box.chunks[index])
