@@ -528,3 +528,25 @@ def test_cpu_convolution_equals_the_explicit_im2col_path(cin, cout, k, stride, p
     x = torch.round((torch.rand(3, cin, 19, 17, generator=g, dtype=torch.float64) * 2 - 1) * (ACT_LIMIT - 1))
     args = (x, w, b, layer.weight.shape, layer.stride, layer.padding, layer.dilation)
     assert torch.equal(conv2d_units(*args), conv2d_im2col(*args))
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(48, 16, 7, 5), (8, 48, 9, 12), (3, 4, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 8 * 64 * 7])
+def test_polyphase_upsampled_convolution_equals_upsampling_then_convolving(cin, cout, h, w, relu, chunk_bytes,
+                                                                           monkeypatch):
+    """``upsample_conv`` on the CPU (four 2x2 convolutions of the input, phase weights summed)
+    gives exactly the values of a 3x3 convolution of the 2x-upsampled input, at activations near
+    the range limit and with weights near theirs (phase sums up to four times the limit)."""
+    from bbcodec.models import fixedpoint
+    from bbcodec.models.fixedpoint import ACT_LIMIT, ExactNumerics, upsample2
+
+    monkeypatch.setattr(fixedpoint, "CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(cin * cout + h)
+    layer = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.copy_((torch.rand(layer.weight.shape, generator=g) * 2 - 1) * 15.9)
+        layer.bias.copy_(torch.rand(cout, generator=g) * 100)
+    x = torch.round((torch.rand(3, cin, h, w, generator=g, dtype=torch.float64) * 2 - 1) * (ACT_LIMIT - 1))
+    num = ExactNumerics()
+    assert torch.equal(num.upsample_conv(layer, x, relu), num.conv(layer, upsample2(x), relu))

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .context_vae import LOG_SCALE_RANGE
 from .config import ModelConfig
-from .fixedpoint import ExactNumerics, FloatNumerics, Numerics, to_grid
+from .fixedpoint import ExactNumerics, FloatNumerics, Numerics, to_grid, upsample2
 from .likelihoods import make_likelihood
 
 
@@ -65,9 +65,12 @@ class ResBlock(nn.Module):
     def run(self, x, num: Numerics):
         return num.add(x, num.conv(self.c2, num.conv(self.c1, x, relu=True)))
 
+    def run_upsampled(self, x, num: Numerics):
+        """``run(upsample(x))``, its first convolution through :meth:`Numerics.upsample_conv`."""
+        return num.add(upsample(x), num.conv(self.c2, num.upsample_conv(self.c1, x, relu=True)))
 
-def upsample(x):
-    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+upsample = upsample2
 
 
 LEVELS = 5
@@ -211,15 +214,13 @@ class HierarchicalVAE(nn.Module):
 
     def prior1(self, z2, num: Numerics):
         """p(z1|z2) from z2 values."""
-        h = upsample(num.conv(self.p1_in, num.input(z2), relu=True))
-        h = self.p1_res.run(h, num)
+        h = self.p1_res.run_upsampled(num.conv(self.p1_in, num.input(z2), relu=True), num)
         return self._gaussian(num.value(num.conv(self.p1_out, h)), self.config.z1_channels)
 
     def features(self, z1, num: Numerics):
         """Per-pixel decoder features ``(B, H*W, features)`` from z1 values."""
         h = num.conv(self.px_in, num.input(z1), relu=True)
-        h = upsample(self.px_res.run(h, num))
-        f = num.conv(self.px_out, h, relu=True)
+        f = num.upsample_conv(self.px_out, self.px_res.run(h, num), relu=True)
         b, nf = f.shape[:2]
         # pixel-major in memory: each step's heads gather whole rows of features (a gather of
         # strided columns took ten times as long as this one copy and the row gathers)
