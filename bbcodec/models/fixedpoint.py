@@ -27,7 +27,7 @@ WEIGHT_BITS = 12  # weights are multiples of 2**-12
 ACT_LIMIT = float(1 << 24)  # |activation| < 2**12 (in units: < 2**24)
 WEIGHT_LIMIT = float(1 << 16)  # |weight| < 16 (in units: < 2**16)
 MAX_FAN_IN = 1 << 11
-NARROW = 16  # linear layers of at most this many outputs are computed transposed on the CPU
+NARROW = 32  # linear layers of at most this many outputs are computed transposed on the CPU
 SPLIT_MACS = 1 << 22  # products of at least this many multiply-adds are split over the coding threads
 CHUNK_BYTES = 1 << 20  # a stride-1 convolution's output chunk, computed through all its taps in cache
 
@@ -152,8 +152,9 @@ class ExactNumerics(Numerics):
             return y.round_().clamp_(low, ACT_LIMIT - 1)
         n = parts[0].shape[0]
         narrow = w.shape[1] <= NARROW
-        # a narrow layer's transpose, out x rows: BLAS runs this shape about twice as fast on the
-        # CPU (48 -> 14 outputs: 7 -> 13 GMAC/s), and the exact sums are the same
+        # a narrow layer's transpose, out x rows: BLAS runs this shape about 1.5-2x as fast on the
+        # CPU (48 -> 14 outputs: 7 -> 13 GMAC/s; 32 -> 32: 7.5 -> 11.5, and a chain of such layers
+        # reads each transposed output contiguously), and the exact sums are the same
         y_t = parts[0].new_empty(w.shape[1], n) if narrow else None
         y = y_t.t() if narrow else parts[0].new_empty(n, w.shape[1])
 
