@@ -263,6 +263,13 @@ def run(s: TrainSettings) -> dict:
                 raise TrainingError(f"cannot start a {channels}-channel model from {s.init!r} "
                                     f"({start.config.channels} channels)")
             model.load_state_dict(luminance_state_dict(start))  # the colour model's grey mode
+        elif tiled and getattr(start.config, "context", None) != model.config.context:
+            from .models.hierarchical_vae import widened_context_state_dict
+
+            if start.config.context > model.config.context:
+                raise TrainingError(f"cannot start a {model.config.context}x{model.config.context} context window "
+                                    f"from {s.init!r}'s wider {start.config.context}x{start.config.context}")
+            model.load_state_dict(widened_context_state_dict(start, model.config.context))  # the same function
         else:
             model.load_state_dict(start.state_dict())
 

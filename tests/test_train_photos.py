@@ -165,3 +165,40 @@ def test_luminance_model_starts_as_the_colour_models_grey_mode():
         b = colour.negative_elbo(x.expand(-1, 3, -1, -1), steps=[s for s in range(colour.steps) if s % 3 == 0])
     assert torch.allclose(a["kl_bits"], b["kl_bits"], rtol=1e-5)
     assert torch.allclose(a["nll_bits"], b["nll_bits"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_wider_context_window_starts_as_the_narrower_model(channels):
+    """``--init MODEL --set context=7`` starts from weights that compute exactly what MODEL does
+    (exact numerics: the same bits), every context weight moved to its neighbour's new column."""
+    from bbcodec.models.fixedpoint import ExactNumerics
+    from bbcodec.models.hierarchical_vae import (HierarchicalVAE, HierarchicalVAEConfig, context_columns,
+                                                 widened_context_state_dict)
+
+    torch.manual_seed(0)
+    narrow = HierarchicalVAE(HierarchicalVAEConfig(channels=channels, patch=16, width=8, z1_channels=2, z2_channels=2,
+                                                   features=4, head_hidden=8, context=3)).eval()
+    for p in narrow.parameters():  # away from the initialisation's symmetries
+        p.data.add_(torch.randn_like(p) * 0.05)
+    wide = HierarchicalVAE(HierarchicalVAEConfig.from_dict({**narrow.config.to_dict(), "context": 7})).eval()
+    wide.load_state_dict(widened_context_state_dict(narrow, 7))
+    assert sum(map(len, (c for _, _, c in context_columns(channels, 7)))) > sum(map(len, (c for _, _, c in context_columns(channels, 3))))
+    x = torch.randint(0, 256, (2, channels, 16, 16))
+    with torch.no_grad():
+        a = narrow.negative_elbo(x, ExactNumerics(), torch.Generator().manual_seed(1))
+        b = wide.negative_elbo(x, ExactNumerics(), torch.Generator().manual_seed(1))
+    assert torch.equal(a["nll_bits"], b["nll_bits"]) and torch.equal(a["kl_bits"], b["kl_bits"])
+    with pytest.raises(ValueError, match="at least"):
+        widened_context_state_dict(wide, 5)
+
+
+def test_training_a_wider_window_from_a_model(tmp_path, photos):
+    base = run(settings(tmp_path / "base", photos, epochs=1))
+    wide = run(settings(tmp_path / "wide", photos, epochs=1, config={**TINY_RGB, "context": 5},
+                        init=str(tmp_path / "base"), lr=0.0))
+    assert load_model(tmp_path / "wide").config["context"] == 5
+    # no learning: the starting weights, which compute the narrower model's validation loss
+    assert wide["history"][0]["valid_bits_per_dim"] == pytest.approx(base["history"][0]["valid_bits_per_dim"], rel=1e-5)
+    with pytest.raises(TrainingError, match="wider"):
+        run(settings(tmp_path / "narrowed", photos, epochs=1, config={**TINY_RGB, "context": 3},
+                     init=str(tmp_path / "wide")))

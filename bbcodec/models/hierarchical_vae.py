@@ -90,39 +90,48 @@ def level_of(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
-def _layout(h: int, w: int, channels: int, context: int):
-    """For each of the ``LEVELS * channels`` steps: (level, channel, flat spatial positions, and
-    for every such pixel the flat indices ``channel * h * w + position`` of the known sub-pixels
-    in its context window, ``channels * h * w`` standing for "outside the image")."""
+def context_columns(channels: int, context: int) -> tuple:
+    """For each of the ``LEVELS * channels`` steps: (level, channel, and the known sub-pixels of
+    its context window as ``(di, dj, channel)`` offsets, in the order of the head's context
+    columns). Levels repeat every 4 pixels each way, so one pixel of each residue class stands for
+    all; whether a neighbour comes earlier, in the same level or later is checked to be the same
+    for every pixel of a level."""
     r = context // 2
-    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ii, jj = ii.reshape(-1), jj.reshape(-1)
-    level = level_of(ii, jj)
-    # levels repeat every 4 pixels each way: one pixel of each residue class stands for all
     ri, rj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")]
     residue_level = level_of(ri, rj)
     di, dj = [t.reshape(-1) for t in torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")]
     steps = []
     for g in range(LEVELS):
-        pos = torch.nonzero(level == g).squeeze(1)
-        i, j = ii[pos], jj[pos]
         cls = residue_level == g
-        # whether each neighbour comes earlier (-1), in the same level (0) or later is the same
-        # for every pixel of the level (checked)
         order = torch.sign(level_of(ri[cls, None] + di, rj[cls, None] + dj) - g)
         if not bool((order == order[:1]).all()):
             raise AssertionError("context pattern is not uniform within a level")
         first = order[0].tolist()
         for c in range(channels):
-            known = [(k, cc) for k, o in enumerate(first)
-                     for cc in (range(channels) if o < 0 else range(c) if o == 0 else ())]
-            if not known:
-                steps.append((g, c, pos, torch.zeros(len(pos), 0, dtype=torch.int64)))
-                continue
-            k, cc = (torch.tensor(v) for v in zip(*known))
-            ni, nj = i[:, None] + di[k], j[:, None] + dj[k]
-            inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
-            steps.append((g, c, pos, torch.where(inside, cc * h * w + ni * w + nj, channels * h * w)))
+            steps.append((g, c, tuple((int(di[k]), int(dj[k]), cc) for k, o in enumerate(first)
+                                      for cc in (range(channels) if o < 0 else range(c) if o == 0 else ()))))
+    return tuple(steps)
+
+
+@lru_cache(maxsize=16)
+def _layout(h: int, w: int, channels: int, context: int):
+    """For each of the ``LEVELS * channels`` steps: (level, channel, flat spatial positions, and
+    for every such pixel the flat indices ``channel * h * w + position`` of the known sub-pixels
+    in its context window (:func:`context_columns`), ``channels * h * w`` standing for "outside
+    the image")."""
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ii, jj = ii.reshape(-1), jj.reshape(-1)
+    level = level_of(ii, jj)
+    steps = []
+    for g, c, known in context_columns(channels, context):
+        pos = torch.nonzero(level == g).squeeze(1)
+        if not known:
+            steps.append((g, c, pos, torch.zeros(len(pos), 0, dtype=torch.int64)))
+            continue
+        di, dj, cc = (torch.tensor(v) for v in zip(*known))
+        ni, nj = ii[pos, None] + di, jj[pos, None] + dj
+        inside = (ni >= 0) & (ni < h) & (nj >= 0) & (nj < w)
+        steps.append((g, c, pos, torch.where(inside, cc * h * w + ni * w + nj, channels * h * w)))
     return steps
 
 
@@ -366,6 +375,39 @@ def luminance_state_dict(colour: HierarchicalVAE) -> dict:
             if f"{prefix}{k}.bias" in state:
                 state[f"heads.{step}.{k}.bias"] = state[f"{prefix}{k}.bias"]
     out = grey.state_dict()
+    for k in out:
+        out[k] = state[k].clone()
+    return out
+
+
+def widened_context_state_dict(narrow: HierarchicalVAE, context: int) -> dict:
+    """Weights for ``narrow``'s configuration with the larger window ``context`` that compute
+    exactly what ``narrow`` computes: each step's context weights (the first head layer's context
+    columns and the linear path to the means) moved to the wider window's columns for the same
+    neighbour and channel, the new neighbours' weights zero. The starting point for training a
+    wider window (``--init`` with ``context`` set)."""
+    c = narrow.config
+    if context < c.context or context % 2 != 1:
+        raise ValueError(f"context {context} must be odd and at least the model's {c.context}")
+    wide = HierarchicalVAE(HierarchicalVAEConfig.from_dict({**c.to_dict(), "context": context}))
+    state = {k: v.clone() for k, v in narrow.state_dict().items()}
+    old_steps, new_steps = context_columns(c.channels, c.context), context_columns(c.channels, context)
+    for step, ((_, _, old), (_, _, new)) in enumerate(zip(old_steps, new_steps)):
+        where = {key: n for n, key in enumerate(new)}
+        if any(key not in where for key in old):
+            raise AssertionError("the wider window does not contain the narrower one")
+        moved = torch.tensor([where[key] for key in old], dtype=torch.int64)
+        for k, first in ((0, c.features), (3, 0)):
+            w = state[f"heads.{step}.{k}.weight"]
+            grown = torch.zeros(w.shape[0], first + max(1, len(new)) if k == 3 else first + len(new), dtype=w.dtype)
+            if k == 3 and not new:
+                grown = w.clone()  # no context either way: the path's placeholder column
+            else:
+                grown[:, :first] = w[:, :first]
+                if old:
+                    grown[:, first + moved] = w[:, first: first + len(old)]
+            state[f"heads.{step}.{k}.weight"] = grown
+    out = wide.state_dict()
     for k in out:
         out[k] = state[k].clone()
     return out
