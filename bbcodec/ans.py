@@ -283,7 +283,7 @@ class Message:
         if isinstance(lane_shape, int):
             lane_shape = (lane_shape,)
         old = self.heads.numel()
-        new = int(np.prod(lane_shape))
+        new = int(math.prod(lane_shape))
         if new < old:
             raise ANSError(f"cannot grow {old} lanes to {new}")
         extra = new - old
@@ -302,7 +302,7 @@ class Message:
         """Inverse of :meth:`grow`: push the added lanes' 31-bit values back and drop them."""
         if isinstance(lane_shape, int):
             lane_shape = (lane_shape,)
-        new = int(np.prod(lane_shape))
+        new = int(math.prod(lane_shape))
         flat = self.heads.reshape(-1)
         old_total = flat.numel()
         extra = old_total - new
@@ -342,7 +342,7 @@ class Message:
             pos += 8
         except struct.error as exc:
             raise ANSError("truncated ANS message header") from exc
-        count = math.prod(shape)
+        count = int(math.prod(shape))
         if ndim > 8 or 36 * count > 8 * (len(data) - pos):  # every head takes at least 36 bits
             raise ANSError(f"corrupt ANS message: {count} lanes do not fit in {len(data)} bytes")
         heads, used = _unpack_heads(data, pos, count)

@@ -18,6 +18,7 @@ that return codecs.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence as Seq
 
 import numpy as np
@@ -75,16 +76,16 @@ class EntropyCodec(Codec):
         p = self.model.precision
         done, out = 0, []
         if kernels.codes_rounds(self.model, message):  # every round in one compiled loop
-            count = int(np.prod(rounds))
+            count = int(math.prod(rounds))
             sym, done = kernels.pop_rounds(self.model, message, count)
             if done == count:
                 return sym.reshape(self.model.shape)
-            out = list(sym[: done * int(np.prod(message.lane_shape))].reshape(done, *message.lane_shape))
+            out = list(sym[: done * int(math.prod(message.lane_shape))].reshape(done, *message.lane_shape))
         if not rounds:
             sym, start, freq = self.model.lookup(message.peek(p))
             message.pop(start, freq, p)
             return sym
-        for r in range(done, int(np.prod(rounds))):
+        for r in range(done, int(math.prod(rounds))):
             model = self.model[np.unravel_index(r, rounds)]
             sym, start, freq = model.lookup(message.peek(p))
             message.pop(start, freq, p)
@@ -196,8 +197,8 @@ class Spread(Codec):
         self.model = model
 
     def _parts(self, message):
-        lanes = int(np.prod(message.lane_shape))
-        count = int(np.prod(self.model.shape))
+        lanes = int(math.prod(message.lane_shape))
+        count = int(math.prod(self.model.shape))
         rounds, rest = divmod(count, lanes)
         flat = self.model.reshape((count,))
         line = message.reshape((lanes,))
