@@ -189,7 +189,7 @@ class ExactNumerics(Numerics):
         w, b = self._weights(layer)
         hit = self._polyphase.get(id(layer))
         if hit is None or hit[0] is not w:  # keyed by the quantised weights, re-made with them
-            hit = self._polyphase[id(layer)] = (w, polyphase_taps(w, layer.weight.shape))
+            hit = self._polyphase[id(layer)] = (w, polyphase_taps(w))
         return upsampled_conv3x3_units(x, hit[1], b, w.shape[1], (0.0 if relu else -ACT_LIMIT + 1, ACT_LIMIT - 1))
 
     def add(self, x, y):
@@ -319,9 +319,9 @@ _PHASE_TAPS = torch.tensor([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
                             [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=torch.float64)
 
 
-def polyphase_taps(w: torch.Tensor, weight_shape) -> list:
-    """A 3x3 convolution (padding 1) of a nearest-2x-upsampled input as four 2x2 convolutions of the
-    input itself, one per output phase ``p = 2a + b`` (output rows ``2i + a``, columns ``2j + b``):
+def polyphase_taps(w: torch.Tensor) -> list:
+    """A 3x3 convolution (padding 1; ``w``: its ``(C * 9, out)`` im2col weights) of a
+    nearest-2x-upsampled input as four 2x2 convolutions of the input itself, one per output phase ``p = 2a + b`` (output rows ``2i + a``, columns ``2j + b``):
     taps ``(lo, hi, matrix, (di, dj))`` for :func:`_accumulate_taps` on the input padded by 1, the
     output rows ``p * out + o``; a tap shared by consecutive phases is one stacked matrix. The
     phase weights are sums of up to four weights: exact, and the sums of products they give

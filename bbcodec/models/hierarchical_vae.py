@@ -66,11 +66,8 @@ class ResBlock(nn.Module):
         return num.add(x, num.conv(self.c2, num.conv(self.c1, x, relu=True)))
 
     def run_upsampled(self, x, num: Numerics):
-        """``run(upsample(x))``, its first convolution through :meth:`Numerics.upsample_conv`."""
-        return num.add(upsample(x), num.conv(self.c2, num.upsample_conv(self.c1, x, relu=True)))
-
-
-upsample = upsample2
+        """``run(upsample2(x))``, its first convolution through :meth:`Numerics.upsample_conv`."""
+        return num.add(upsample2(x), num.conv(self.c2, num.upsample_conv(self.c1, x, relu=True)))
 
 
 LEVELS = 5
