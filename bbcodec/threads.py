@@ -77,6 +77,15 @@ def coding_threads() -> int:
     return _coding_threads
 
 
+def spare_cpu() -> bool:
+    """Whether this process may run on more CPUs than the threads computing the networks use
+    (:func:`configure`'s count, or torch's own threads where more): only then does a worker
+    thread beside them (:mod:`bbcodec.image_codecs.ahead`) gain time rather than take it."""
+    torch = sys.modules.get("torch")
+    busy = max(_coding_threads or 1, torch.get_num_threads() if torch is not None else 1)
+    return available_cpus() > busy
+
+
 class _ChunkGroup:
     """The threads of one :func:`run_chunks`: how many are still at work."""
 

@@ -96,7 +96,10 @@ def test_posteriors_computed_ahead_give_the_same_bytes(monkeypatch):
     import contextlib
 
     import bbcodec.image_codecs.hierarchical as H
+    from bbcodec import threads
     from bbcodec.image_codecs.ahead import RowsAhead
+
+    monkeypatch.setattr(threads, "spare_cpu", lambda: True)
 
     model = tiny_colour_model()
     x = torch.randint(0, 256, (23, 3, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
@@ -109,6 +112,34 @@ def test_posteriors_computed_ahead_give_the_same_bytes(monkeypatch):
     monkeypatch.setattr(H.HierarchicalVAEBitsBack, "posteriors_ahead", lambda self, units, batch: contextlib.nullcontext())
     assert codec.encode(x)[0] == ahead
     assert torch.equal(codec.decode(ahead, len(x)), x)
+
+
+def test_no_posteriors_ahead_without_a_spare_cpu(monkeypatch):
+    """Where the networks' threads use every CPU, no worker thread computes posteriors ahead."""
+    from bbcodec import threads
+    from bbcodec.image_codecs.ahead import RowsAhead, rows_ahead
+
+    monkeypatch.setattr(threads, "spare_cpu", lambda: False)
+    monkeypatch.setattr(RowsAhead, "__init__", lambda *a: pytest.fail("a worker was started"))
+    with rows_ahead(torch.zeros(4, 2, dtype=torch.int64), 2, lambda t: (t,)) as ahead:
+        assert ahead is None
+    model = tiny_colour_model()
+    x = torch.randint(0, 256, (7, 3, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    codec = HierarchicalVAECodec(model, CodingParams(batch=3, lanes_per_image=16, initial_lanes=8, bits_per_image=800))
+    assert torch.equal(codec.decode(codec.encode(x)[0], len(x)), x)
+
+
+def test_spare_cpu_counts_the_networks_threads(monkeypatch):
+    from bbcodec import threads
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "_coding_threads", 2)
+    assert not threads.spare_cpu()
+    monkeypatch.setattr(threads, "_coding_threads", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert threads.spare_cpu()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not threads.spare_cpu()
 
 
 def test_rows_ahead_serves_views_only():

@@ -1,6 +1,10 @@
 """The encoder's posteriors computed ahead: ``q(z|x)`` does not depend on the message, so while a
 batch is coded, a worker thread computes the parameters of the batches after it (torch releases
-the GIL in its operations)."""
+the GIL in its operations). Only where a CPU is spare (:func:`bbcodec.threads.spare_cpu`): where
+the networks' threads already use every CPU, the worker only contends with them. Measured on the
+2-core machine, 1,000 CIFAR test images encoded (median of 4 alternating pairs): with the
+default 2 threads 8.65 s with the worker against 7.69 s without; with ``--threads 1``, 9.38 s
+with it against 10.18 s without."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from .. import threads
 
 AHEAD = 4  # runs of the encoder's posteriors computed ahead of the batch being coded
 
@@ -70,7 +76,11 @@ def _cat_rows(parts, skip, n):
 @contextlib.contextmanager
 def rows_ahead(units: torch.Tensor, batch: int, fn):
     """A :class:`RowsAhead` of ``fn`` over ``units`` in runs of ``batch`` rows, computed by a
-    worker thread while in the context; what is left is cancelled on leaving."""
+    worker thread while in the context; what is left is cancelled on leaving. None (nothing
+    computed ahead) where no CPU is spare for the worker."""
+    if not threads.spare_cpu():
+        yield None
+        return
     with ThreadPoolExecutor(1) as pool:
         ahead = RowsAhead(units, max(1, batch), pool, fn)
         try:
