@@ -150,7 +150,7 @@ cli = main  # the click group (see _Group.main for what running it standalone do
 
 
 def run() -> None:
-    """The console entry point (``bbcodec``, ``python -m bbcodec.cli``): :func:`main`, then, once
+    """The console entry point (``bbcodec``, ``python -m bbcodec``): :func:`main`, then, once
     torch is loaded, an exit that skips the interpreter's teardown, which spends 0.5-0.8 s here
     freeing torch's modules and libraries. By then every output is written, renamed into place and
     closed; standard output and error are flushed here. A process that started worker processes

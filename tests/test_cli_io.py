@@ -230,6 +230,14 @@ def test_start_up_imports_nothing_heavy():
     assert r.returncode == 0, r.stderr
 
 
+def test_python_dash_m_runs_the_command_line(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "bbcodec", "models"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "mnist-uint8" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "bbcodec", "info", str(tmp_path / "absent.bbc")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "bbcodec: error:" in bad.stderr, bad.stderr
+
+
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     src = tmp_path / "d-idx3-ubyte"
     src.write_bytes(idx_bytes(2))
