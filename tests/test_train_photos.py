@@ -167,8 +167,8 @@ def test_luminance_model_starts_as_the_colour_models_grey_mode():
     assert torch.allclose(a["nll_bits"], b["nll_bits"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_a_wider_context_window_starts_as_the_narrower_model(channels):
+@pytest.mark.parametrize("channels, start", [(1, 3), (3, 3), (1, 1)])  # (1, 1): from no context at all
+def test_a_wider_context_window_starts_as_the_narrower_model(channels, start):
     """``--init MODEL --set context=7`` starts from weights that compute exactly what MODEL does
     (exact numerics: the same bits), every context weight moved to its neighbour's new column."""
     from bbcodec.models.fixedpoint import ExactNumerics
@@ -177,12 +177,12 @@ def test_a_wider_context_window_starts_as_the_narrower_model(channels):
 
     torch.manual_seed(0)
     narrow = HierarchicalVAE(HierarchicalVAEConfig(channels=channels, patch=16, width=8, z1_channels=2, z2_channels=2,
-                                                   features=4, head_hidden=8, context=3)).eval()
+                                                   features=4, head_hidden=8, context=start)).eval()
     for p in narrow.parameters():  # away from the initialisation's symmetries
         p.data.add_(torch.randn_like(p) * 0.05)
     wide = HierarchicalVAE(HierarchicalVAEConfig.from_dict({**narrow.config.to_dict(), "context": 7})).eval()
     wide.load_state_dict(widened_context_state_dict(narrow, 7))
-    assert sum(map(len, (c for _, _, c in context_columns(channels, 7)))) > sum(map(len, (c for _, _, c in context_columns(channels, 3))))
+    assert sum(map(len, (c for _, _, c in context_columns(channels, 7)))) > sum(map(len, (c for _, _, c in context_columns(channels, start))))
     x = torch.randint(0, 256, (2, channels, 16, 16))
     with torch.no_grad():
         a = narrow.negative_elbo(x, ExactNumerics(), torch.Generator().manual_seed(1))

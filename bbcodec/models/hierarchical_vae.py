@@ -394,17 +394,12 @@ def widened_context_state_dict(narrow: HierarchicalVAE, context: int) -> dict:
         if any(key not in where for key in old):
             raise AssertionError("the wider window does not contain the narrower one")
         moved = torch.tensor([where[key] for key in old], dtype=torch.int64)
-        for k, first in ((0, c.features), (3, 0)):
-            w = state[f"heads.{step}.{k}.weight"]
-            grown = torch.zeros(w.shape[0], first + max(1, len(new)) if k == 3 else first + len(new), dtype=w.dtype)
+        for k, first in ((0, c.features), (3, 0)):  # the head's first layer; the linear path
             if k == 3 and not new:
-                grown = w.clone()  # no context either way: the path's placeholder column
-            else:
-                grown[:, :first] = w[:, :first]
-                if old:
-                    grown[:, first + moved] = w[:, first: first + len(old)]
+                continue  # no context either way: the path keeps its placeholder column
+            w = state[f"heads.{step}.{k}.weight"]
+            grown = w.new_zeros(w.shape[0], first + len(new))
+            grown[:, :first] = w[:, :first]
+            grown[:, first + moved] = w[:, first: first + len(old)]
             state[f"heads.{step}.{k}.weight"] = grown
-    out = wide.state_dict()
-    for k in out:
-        out[k] = state[k].clone()
-    return out
+    return {k: state[k] for k in wide.state_dict()}
