@@ -65,13 +65,13 @@ _MODEL: dict = {}  # (stem, sha256) -> LoadedModel: the last model this worker l
 _LAYOUT: dict = {}  # (model ref, shape, coding) -> Layout: the last layout
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, cpus: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     from .threads import configure
 
-    configure(threads)
+    configure(threads, cpus=cpus)
 
 
 def _layout(ref, shape, coding):
@@ -137,9 +137,12 @@ class ChunkWorkers:
             _STARTED.append(True)
             from concurrent.futures import ProcessPoolExecutor
 
+            from .threads import available_cpus
+
             context = multiprocessing.get_context(START_METHOD)
-            self._pool = ProcessPoolExecutor(min(self.jobs, tasks), mp_context=context, initializer=_init_worker,
-                                             initargs=(1,))
+            workers = min(self.jobs, tasks)
+            self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                             initargs=(1, max(1, available_cpus() // workers)))
         return self._pool
 
     def close(self, abort: bool = False) -> None:

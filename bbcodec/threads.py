@@ -25,6 +25,7 @@ import threading
 
 MAX_DEFAULT = 8
 _coding_threads: int | None = None  # set by configure(); None: not configured (API use)
+_cpu_share: int | None = None  # CPUs this process counts as its own (configure's ``cpus``); None: all
 _pool = None
 _pool_lock = threading.Lock()
 
@@ -47,11 +48,13 @@ def _default(cpus: int) -> int:
     return max(1, min(MAX_DEFAULT, cpus))
 
 
-def configure(threads: int | None = None, training: bool = False) -> int:
+def configure(threads: int | None = None, training: bool = False, cpus: int | None = None) -> int:
     """Set the thread count (``None``: ``BBCODEC_THREADS``, else the default) before torch is
     imported, for coding or (``training``) for training; returns the count of threads that
-    compute the networks."""
-    global _coding_threads
+    compute the networks. ``cpus``: this process's share of the CPUs, where it is one of several
+    workers sharing them (:func:`spare_cpu`)."""
+    global _coding_threads, _cpu_share
+    _cpu_share = cpus
     requested = _requested(threads)
     n = requested or _default(available_cpus())
     torch_threads = (requested or _default(available_cpus() // 2)) if training else 1
@@ -78,12 +81,13 @@ def coding_threads() -> int:
 
 
 def spare_cpu() -> bool:
-    """Whether this process may run on more CPUs than the threads computing the networks use
-    (:func:`configure`'s count, or torch's own threads where more): only then does a worker
-    thread beside them (:mod:`bbcodec.image_codecs.ahead`) gain time rather than take it."""
+    """Whether this process's CPUs (its affinity, or its share among workers: :func:`configure`'s
+    ``cpus``) outnumber the threads computing the networks (:func:`configure`'s count, or torch's
+    own threads where more): only then does a worker thread beside them
+    (:mod:`bbcodec.image_codecs.ahead`) gain time rather than take it."""
     torch = sys.modules.get("torch")
     busy = max(_coding_threads or 1, torch.get_num_threads() if torch is not None else 1)
-    return available_cpus() > busy
+    return (_cpu_share or available_cpus()) > busy
 
 
 class _ChunkGroup:

@@ -140,6 +140,9 @@ def test_spare_cpu_counts_the_networks_threads(monkeypatch):
     assert threads.spare_cpu()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert not threads.spare_cpu()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(threads, "_cpu_share", 1)  # one of two --jobs workers on the two CPUs
+    assert not threads.spare_cpu()
 
 
 def test_rows_ahead_serves_views_only():

@@ -96,8 +96,9 @@ class HierarchicalVAEBitsBack(BitsBackModel):
         """While in the context, ``q(z|x)``'s parameters of ``units`` (int64 tiles ``(N, C, T, T)``)
         are computed ``batch`` tiles at a time, in order, in a worker thread (:class:`.ahead.RowsAhead`)
         where a CPU is spare for it, and a batch that is a run of rows of ``units`` takes them from
-        there: the encoder's posteriors do not depend on the message. The exact networks compute every tile on its own,
-        so the values are those of the batch's own call (the golden files check the bytes)."""
+        there: the encoder's posteriors do not depend on the message. The exact networks compute
+        every tile on its own, so the values are those of the batch's own call (the golden files
+        check the bytes)."""
         with rows_ahead(units, batch, self._posterior_of) as ahead:
             self._ahead = ahead
             try:
