@@ -50,6 +50,13 @@ def _as_float64(name: str, value, device=None) -> torch.Tensor:
     return t
 
 
+def _sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """:func:`bbcodec.detmath.sigmoid` of checked float64 logits (compiled on the CPU)."""
+    if kernels.enabled(logits):
+        return kernels.table(detmath.sigmoid_table(), logits)
+    return detmath.sigmoid(logits)
+
+
 def _check_precision(precision: int, n: int) -> None:
     if not 1 <= precision <= MAX_PRECISION:
         raise ModelError(f"precision must be in [1, {MAX_PRECISION}], got {precision}")
@@ -284,7 +291,7 @@ class Bernoulli(EntropyModel):
                 if not (float(lo) >= 0 and float(hi) <= 1):
                     raise ModelError("probs must lie in [0, 1]")
         else:
-            p = detmath.sigmoid(_as_float64("logits", logits))
+            p = _sigmoid(_as_float64("logits", logits))
         self.n = 2
         self.precision = precision
         self.shape = tuple(p.shape)
@@ -319,7 +326,7 @@ class PackedBernoulli(EntropyModel):
     def __init__(self, probs=None, logits=None, precision: int = 31):
         if (probs is None) == (logits is None):
             raise ModelError("give exactly one of probs and logits")
-        p = _as_float64("probs", probs) if probs is not None else detmath.sigmoid(_as_float64("logits", logits))
+        p = _as_float64("probs", probs) if probs is not None else _sigmoid(_as_float64("logits", logits))
         if p.dim() < 1:
             raise ModelError("packed bits need a last axis of bits")
         if probs is not None and bool(((p < 0) | (p > 1)).any()):

@@ -124,6 +124,11 @@ if numba is not None:
         idx = np.int64(cell)
         return values[idx] + (u - cell) * deltas[idx]
 
+    @_jit
+    def _table_map(values, deltas, lo, scale, t, out):
+        for i in range(t.shape[0]):
+            out[i] = _table(values, deltas, (t[i] - lo) * scale)
+
     def _mixture_cdf(i, lane, p):
         """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``. ``p``:
         (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas, the
@@ -768,6 +773,16 @@ def lookup(model, slots: torch.Tensor):
     ``lookup`` computes them."""
     out = _lookup(_PARAMS[type(model).__name__](model), _array(slots.reshape(-1), torch.int64))
     return tuple(torch.from_numpy(t).reshape(slots.shape) for t in out)
+
+
+def table(table, t: torch.Tensor) -> torch.Tensor:
+    """``table(t)`` for a :class:`~bbcodec.detmath.MonotoneTable` and a finite float64 CPU tensor,
+    in one loop instead of seven torch passes (the same operations on each value)."""
+    values, deltas = table._on(torch.device("cpu"))
+    flat = _array(t.reshape(-1), torch.float64)
+    out = np.empty_like(flat)
+    _table_map(values.numpy(), deltas.numpy(), table.lo, table.scale, flat, out)
+    return torch.from_numpy(out).reshape(t.shape)
 
 
 def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor, end_masses: bool):

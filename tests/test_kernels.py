@@ -310,3 +310,24 @@ def test_kernels_load_from_a_cold_and_a_warm_cache(tmp_path):
     assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
     assert [r.stdout.split() for r in runs] == [["True"], ["False"]]
     assert any(tmp_path.rglob("*.nbi"))
+
+
+@pytest.mark.parametrize("name", ["sigmoid_table", "normal_cdf_table", "exp_neg_table", "exp_table"])
+def test_table_matches_torch(name):
+    from bbcodec import detmath
+
+    table = getattr(detmath, name)()
+    g = torch.Generator().manual_seed(7)
+    steps = torch.arange(-3 * 2**12, 3 * 2**12, dtype=torch.float64) / 2**9  # cell edges and between
+    t = torch.cat([torch.randn(20000, generator=g, dtype=torch.float64) * 25, steps,
+                   torch.tensor([-1e300, -61.0, -20.0, 0.0, 20.0, 1e300, float("inf"), float("-inf")],
+                                dtype=torch.float64)]).reshape(4, -1)
+    assert torch.equal(kernels.table(table, t), table(t))
+
+
+def test_bernoulli_models_from_logits_match_torch(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 2, 14, generator=g, dtype=torch.float64) * 12
+    fast, slow = _both(monkeypatch, lambda: (em.PackedBernoulli(logits=logits, precision=24)._p0,
+                                             em.Bernoulli(logits=logits[:, 0, 0], precision=24)._freq1))
+    assert _equal(fast, slow)

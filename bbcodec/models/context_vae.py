@@ -199,12 +199,13 @@ class ContextVAE(nn.Module):
         inputs = self._group_features(g, feats, num)
         ctx = getattr(self, f"ctx{g}")
         if ctx.shape[1]:
-            # known pixels (activations) in a flat vector whose last entry is the padding value
+            # known pixels in a flat vector whose last entry is the padding value, as real values,
+            # then made activations in one pass
             pad_value = 0.0 if c.pixels == "binary" else -1.0
-            known = num.input(torch.full((b, c.height * c.width + 1), pad_value, dtype=torch.float64,
-                                         device=ctx.device))
+            known = torch.full((b, c.height * c.width + 1), pad_value, dtype=torch.float64, device=ctx.device)
             for gg, pix in enumerate(previous):
-                known[:, self.positions(gg)] = num.input(self.scaled(pix))
+                known[:, self.positions(gg)] = self.scaled(pix)
+            known = num.input(known)
             # gather, not index_select along dim 1: 0.7 against 2.7 ns a value on the CPU
             neighbours = torch.gather(known, 1, ctx.reshape(1, -1).expand(b, -1)).reshape(b * n_g, -1)
             inputs = (inputs, neighbours)  # the first layer's input features, without a copy
