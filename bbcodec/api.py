@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import keep_freed_memory
 from .coding_params import file_coding
 from .container import CODED, METHODS, ZLIB, Container, describe
 from .errors import BBCodecError
@@ -107,6 +108,7 @@ def _encode_chunks(loaded, images, coding, chunk, progress, workers=None):
     """Code ``images`` in independent chunks of about ``chunk`` coding units (see
     :class:`~bbcodec.layout.Layout`), in ``workers``' processes if given; returns (layout, chunk
     bytes, units per chunk, stats per chunk)."""
+    keep_freed_memory()
     try:
         layout = Layout(loaded, images.shape, coding)
     except ValueError as exc:
@@ -118,6 +120,7 @@ def _encode_chunks(loaded, images, coding, chunk, progress, workers=None):
 def _decode_chunks(loaded, container: Container, progress, workers=None):
     check_compatible(loaded, torch.empty(container.shape, dtype=torch.uint8, device="meta"), container.pixels)
     coding = file_coding(container.coding)  # old files lack some keys: their old-file defaults
+    keep_freed_memory()
     try:
         layout = Layout(loaded, container.shape, coding)
     except (TypeError, ValueError) as exc:

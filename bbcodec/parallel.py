@@ -69,9 +69,11 @@ def _init_worker(threads: int, cpus: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    from .allocator import keep_freed_memory
     from .threads import configure
 
     configure(threads, cpus=cpus)
+    keep_freed_memory()
 
 
 def _layout(ref, shape, coding):
