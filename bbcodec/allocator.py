@@ -37,8 +37,8 @@ def keep_freed_memory() -> bool:
     """Apply the settings above once per process; whether they are in force."""
     if _done:
         return _done[0]
-    ok = False
-    if os.environ.get("BBCODEC_MALLOC", "") != "default" and _glibc():
+    ok = os.environ.get("BBCODEC_MALLOC", "") != "default" and _glibc()
+    if ok:
         try:
             mallopt = ctypes.CDLL(None).mallopt
             ok = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
