@@ -555,7 +555,9 @@ class LogisticMixture(_CompiledOnCPU, CDFModel):
     """Mixture of discretised logistics over ``0..n-1`` (last axis = components), optionally with
     point masses on the two end symbols.
 
-    ``weights`` are the components' probabilities or ``logits`` their log-weights. With
+    ``weights`` are the components' probabilities or ``logits`` their log-weights. The scales are
+    given as ``scales`` (positive) or as ``log_scales``, which stand for
+    ``detmath.exp_scale(log_scales)`` exactly (computed in the compiled setup on the CPU). With
     ``end_masses=True`` the last two weights (or logits) belong to point masses at ``0`` and
     ``n-1`` rather than to logistics (so ``means``/``scales`` have two fewer components):
     ``F(i) = w_low + sum_k w_k sigmoid((i - 0.5 - mean_k) / scale_k)``. Weights are normalised
@@ -565,12 +567,20 @@ class LogisticMixture(_CompiledOnCPU, CDFModel):
     _params = (("slopes", 1), ("intercepts", 1), ("weights", 1), ("low_mass", 0))
     _anchor = "slopes"
 
-    def __init__(self, means, scales, weights=None, logits=None, n: int = 256, precision: int = 24,
-                 end_masses: bool = False):
+    def __init__(self, means, scales=None, weights=None, logits=None, n: int = 256, precision: int = 24,
+                 end_masses: bool = False, log_scales=None):
         _check_precision(precision, n)
         if (weights is None) == (logits is None):
             raise ModelError("give exactly one of weights and logits")
-        means, scales = _as_float64("means", means), _as_float64("scales", scales)
+        if (scales is None) == (log_scales is None):
+            raise ModelError("give exactly one of scales and log_scales")
+        means = _as_float64("means", means)
+        if log_scales is not None:
+            log_scales = _as_float64("log_scales", log_scales)
+            if logits is not None and self._setup_by_kernel(means, log_scales, logits, n, precision, end_masses, True):
+                return
+            scales = detmath.exp_scale(log_scales)
+        scales = _as_float64("scales", scales)
         if logits is not None and self._setup_by_kernel(means, scales, logits, n, precision, end_masses):
             return
         if weights is not None:
@@ -603,19 +613,21 @@ class LogisticMixture(_CompiledOnCPU, CDFModel):
         self.slopes, self.intercepts = detmath.sigmoid_table().coordinate_map(inv, (-0.5 - means) * inv)
         self.weights, self.low_mass = w, low
 
-    def _setup_by_kernel(self, means, scales, logits, n, precision, end_masses) -> bool:
-        """On the CPU, the same parameters from one compiled pass (:func:`kernels.mixture_setup`),
-        for finite logits whose shapes need no broadcasting; False where the torch code must run."""
+    def _setup_by_kernel(self, means, scales, logits, n, precision, end_masses, log=False) -> bool:
+        """On the CPU, the same parameters from one compiled pass (:func:`kernels.mixture_setup`;
+        ``log``: ``scales`` are log-scales), for finite logits (and log-scales) whose shapes need
+        no broadcasting; False where the torch code must run."""
         logits = _as_float64("logits", logits)
         extra = 2 if end_masses else 0
         if not (kernels.enabled(means, scales, logits) and means.dim() >= 1 and means.shape == scales.shape
                 and logits.shape == means.shape[:-1] + (means.shape[-1] + extra,)
-                and bool(torch.isfinite(logits.sum()))):
+                and bool(torch.isfinite(logits.sum())) and (not log or bool(torch.isfinite(scales.sum())))):
             return False
-        if bool((scales <= 0).any()):
+        if not log and bool((scales <= 0).any()):
             raise ModelError("scales must be positive")
         self.n, self.precision, self.shape = int(n), precision, tuple(means.shape[:-1])
-        self.slopes, self.intercepts, self.weights, self.low_mass = kernels.mixture_setup(means, scales, logits, end_masses)
+        self.slopes, self.intercepts, self.weights, self.low_mass = kernels.mixture_setup(
+            means, scales, logits, end_masses, log_scales=log)
         return True
 
     _F_BITS = 32  # the mixture CDF is summed as integers in units of 2**-32: exact, so order-free

@@ -163,9 +163,12 @@ if numba is not None:
     def _mixture_setup(means, scales, logits, end_masses, tables, lo, hi, slopes, intercepts, weights, low):
         """``LogisticMixture.__init__`` from logits for lanes ``lo..hi-1``, into the last four
         arrays (``low`` zeroed): the table softmax (``detmath.softmax``), the second
-        normalisation, and the sigmoid table's coordinate map, operation for operation.
-        ``tables``: (exp table values, deltas, origin, steps per unit, sigmoid table origin, steps)."""
-        exp_values, exp_deltas, exp_lo, exp_steps, sig_lo, sig_steps = tables
+        normalisation, the scales from log-scales (``detmath.exp_scale``) where ``scale_values``
+        is not empty, and the sigmoid table's coordinate map, operation for operation.
+        ``tables``: (exp table values, deltas, origin, steps per unit, sigmoid table origin, steps,
+        then the same four of ``exp_scale``'s table)."""
+        exp_values, exp_deltas, exp_lo, exp_steps, sig_lo, sig_steps, scale_values, scale_deltas, scale_lo, scale_steps = tables
+        log_scales = scale_values.shape[0] > 0
         k = means.shape[1]
         m = logits.shape[1]
         e = np.empty(m)
@@ -188,7 +191,10 @@ if numba is not None:
             if end_masses:
                 low[j] = e[m - 2]
             for c in range(k):
-                inv = 1.0 / scales[j, c]
+                scale = scales[j, c]
+                if log_scales:
+                    scale = _table(scale_values, scale_deltas, (scale - scale_lo) * scale_steps)
+                inv = 1.0 / scale
                 slopes[j, c] = inv * sig_steps
                 intercepts[j, c] = ((-0.5 - means[j, c]) * inv - sig_lo) * sig_steps
                 weights[j, c] = e[c]
@@ -785,16 +791,20 @@ def table(table, t: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).reshape(t.shape)
 
 
-def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor, end_masses: bool):
+def mixture_setup(means: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor, end_masses: bool,
+                  log_scales: bool = False):
     """``(slopes, intercepts, weights, low_mass)`` of a ``LogisticMixture`` built from finite
-    ``logits`` ``(*batch, K [+2])`` and ``means``, ``scales`` ``(*batch, K)`` (float64), as its
-    ``__init__`` computes them; many lanes are split over the coding threads."""
+    ``logits`` ``(*batch, K [+2])`` and ``means``, ``scales`` ``(*batch, K)`` (float64; finite
+    log-scales where ``log_scales``), as its ``__init__`` computes them; many lanes are split over
+    the coding threads."""
     from . import detmath
 
     batch, k = tuple(means.shape[:-1]), means.shape[-1]
-    ex, sig = detmath.exp_neg_table(), detmath.sigmoid_table()
+    ex, sig, sc = detmath.exp_neg_table(), detmath.sigmoid_table(), detmath.exp_table()
     values, deltas = ex._on(torch.device("cpu"))
-    tables = (values.numpy(), deltas.numpy(), float(ex.lo), float(ex.scale), float(sig.lo), float(sig.scale))
+    scale_tables = (a.numpy() for a in sc._on(torch.device("cpu"))) if log_scales else (np.empty(0), np.empty(0))
+    tables = (values.numpy(), deltas.numpy(), float(ex.lo), float(ex.scale), float(sig.lo), float(sig.scale),
+              *scale_tables, float(sc.lo), float(sc.scale))
     m, s, g = (_array(t.reshape(-1, t.shape[-1]), torch.float64) for t in (means, scales, logits))
     lanes = m.shape[0]
     slopes, intercepts, weights, low = np.empty((lanes, k)), np.empty((lanes, k)), np.empty((lanes, k)), np.zeros(lanes)

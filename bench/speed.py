@@ -1,7 +1,8 @@
 """Speed benchmark: the issue's targets, each against a reference timed in the same run.
 
 * MNIST 8-bit test set (IDX, 10,000 images): ``bbcodec compress`` and ``decompress`` wall times
-  (the CLI, start-up included) against ``xz -9e -T1`` on the same file;
+  (the CLI, start-up included) against ``xz -9e -T1`` on the same file (``--uint8-models``: other
+  models too, alternating);
 * binarised MNIST test set and CIFAR-10 test[0:1000]: images/s each way (``api.evaluate``, round
   trip verified) and bits/dim (``--binary-models``: other models on binarised MNIST, alternating);
 * kodim23 (768x512): CLI compress and decompress against ``cjxl -q 100 -e 7`` / ``djxl``;
@@ -50,21 +51,40 @@ def same_file(a: Path, b: Path) -> bool:
     return a.read_bytes() == b.read_bytes()
 
 
-def mnist_vs_xz(tmp: Path, repeats: int, threads: int) -> dict:
+def mnist_vs_xz(tmp: Path, repeats: int, threads: int, models: list[str] | None = None) -> dict:
+    """The CLI round trip of the MNIST 8-bit test set against ``xz -9e``. ``models``: also these
+    models (``--model NAME``), each repeat running every model in turn, so that a slow minute falls
+    on all alike (``models[NAME]`` entries)."""
     raw = tmp / "t10k-images-idx3-ubyte"
     raw.write_bytes(gzip.decompress((DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()))
-    bbc, out = tmp / "t10k.bbc", tmp / "t10k.out"
     t = [] if threads is None else ["--threads", threads]
-    comp = wall(cli(*t, "compress", "-f", raw, "-o", bbc), repeats)
-    decomp = wall(cli(*t, "decompress", "-f", bbc, "-o", out), repeats)
-    assert same_file(raw, out)
+    names = [None] + list(models or [])
+    times = {name: ([], []) for name in names}
+    for _ in range(repeats):
+        for k, name in enumerate(names):
+            bbc, out = tmp / f"t10k.{k}.bbc", tmp / f"t10k.{k}.out"
+            pick = [] if name is None else ["--model", name]
+            times[name][0].append(wall(cli(*t, "compress", "-f", *pick, raw, "-o", bbc), 1))
+            times[name][1].append(wall(cli(*t, "decompress", "-f", bbc, "-o", out), 1))
+            assert same_file(raw, out)
     xz_c = wall(["sh", "-c", f"xz -9e -T1 -k -c {raw} > {tmp / 't.xz'}"], repeats)
     xz_d = wall(["sh", "-c", f"xz -d -c {tmp / 't.xz'} > /dev/null"], repeats)
     n = 10000
-    return {"bbcodec_compress_s": comp, "bbcodec_decompress_s": decomp, "bbcodec_bytes": bbc.stat().st_size,
-            "bbcodec_images_per_s": [n / comp, n / decomp],
-            "xz_compress_s": xz_c, "xz_decompress_s": xz_d, "xz_bytes": (tmp / "t.xz").stat().st_size,
-            "round_trip_ratio_vs_xz": (comp + decomp) / (xz_c + xz_d)}
+    dims = n * 28 * 28
+
+    def entry(k, name):
+        comp, decomp = (statistics.median(v) for v in times[name])
+        size = (tmp / f"t10k.{k}.bbc").stat().st_size
+        return {"bbcodec_compress_s": comp, "bbcodec_decompress_s": decomp, "bbcodec_bytes": size,
+                "bbcodec_bits_per_dim": 8 * size / dims, "bbcodec_images_per_s": [n / comp, n / decomp],
+                "round_trip_ratio_vs_xz": (comp + decomp) / (xz_c + xz_d)}
+
+    out = entry(0, None)
+    out.update({"xz_compress_s": xz_c, "xz_decompress_s": xz_d, "xz_bytes": (tmp / "t.xz").stat().st_size,
+                "xz_bits_per_dim": 8 * (tmp / "t.xz").stat().st_size / dims})
+    if models:
+        out["models"] = {name: entry(k, name) for k, name in enumerate(names) if name is not None}
+    return out
 
 
 def api_rates(repeats: int, binary_models: list[str] | None = None) -> dict:
@@ -158,6 +178,8 @@ def main():
     ap.add_argument("--kodak24-repeats", type=int, default=1, help="runs per image for kodak24")
     ap.add_argument("--binary-models", nargs="*", default=[],
                     help="with rates: also time these models on binarised MNIST, alternating with the default")
+    ap.add_argument("--uint8-models", nargs="*", default=[],
+                    help="with mnist: also time these models' CLI round trip, alternating with the default")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if not DATA.exists():
@@ -169,7 +191,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "mnist" in args.only:
-            results["mnist_uint8_vs_xz"] = mnist_vs_xz(tmp, args.repeats, args.threads)
+            results["mnist_uint8_vs_xz"] = mnist_vs_xz(tmp, args.repeats, args.threads, args.uint8_models)
             print("MNIST 8-bit vs xz:", results["mnist_uint8_vs_xz"], flush=True)
         if "rates" in args.only:
             rates = api_rates(args.repeats, args.binary_models)

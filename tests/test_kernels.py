@@ -116,6 +116,44 @@ def test_mixture_setup_matches_torch(seed, k, spread, end_masses):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 5), end_masses=st.booleans())
+def test_mixture_from_log_scales_matches_exp_scale(seed, k, end_masses):
+    """``log_scales=`` stands for ``scales=detmath.exp_scale(log_scales)`` bit for bit, with the
+    compiled setup and with the torch one: log-scales on the table's cell edges, beyond its ends
+    (clamped) and in between."""
+    from bbcodec import detmath
+
+    g = torch.Generator().manual_seed(seed)
+    lanes = 300
+    means = torch.rand(lanes, k, generator=g, dtype=torch.float64) * 296 - 20
+    logits = torch.randn(lanes, k + (2 if end_masses else 0), generator=g, dtype=torch.float64) * 4
+    edges = torch.randint(-40 * 2048, 40 * 2048, (lanes, k), generator=g).double() / 2048
+    log_scales = torch.where(torch.rand(lanes, k, generator=g) < 0.5, edges,
+                             torch.randn(lanes, k, generator=g, dtype=torch.float64) * 12)
+    mp = pytest.MonkeyPatch()
+    try:
+        for make in (lambda: em.LogisticMixture(means, log_scales=log_scales, logits=logits, end_masses=end_masses),
+                     lambda: em.LogisticMixture(means, detmath.exp_scale(log_scales), logits=logits,
+                                                end_masses=end_masses)):
+            fast, slow = _both(mp, make)
+            for name in ("slopes", "intercepts", "weights", "low_mass"):
+                assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+        by_log = em.LogisticMixture(means, log_scales=log_scales, logits=logits, end_masses=end_masses)
+    finally:
+        mp.undo()
+    for name in ("slopes", "intercepts", "weights", "low_mass"):
+        assert torch.equal(getattr(by_log, name), getattr(fast, name)), name
+
+
+def test_mixture_needs_exactly_one_of_scales_and_log_scales():
+    means, logits = torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.raises(em.ModelError):
+        em.LogisticMixture(means, logits=logits)
+    with pytest.raises(em.ModelError):
+        em.LogisticMixture(means, torch.ones(2, 1), logits=logits, log_scales=torch.zeros(2, 1))
+
+
 def test_mixture_setup_split_over_threads_is_identical(coding_threads):
     """The compiled constructor split by lanes over three threads gives the same parameters."""
     one = _mixture(7, 257, 4, 10.0)[0]

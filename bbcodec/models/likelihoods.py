@@ -14,7 +14,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .. import detmath
 from .. import entropy_models as em
 
 LOG_SCALE_OFFSET = math.log(127.5)  # raw log-scales are in units of half the pixel range
@@ -123,7 +122,7 @@ class LogisticMixtureLikelihood(Likelihood):
 
     def entropy_model(self, raw, precision, scale_map=None):
         logits, means, log_scales = self._split(raw.to(torch.float64), scale_map)
-        return em.LogisticMixture(means, detmath.exp_scale(log_scales), logits=logits, n=self.n,
+        return em.LogisticMixture(means, log_scales=log_scales, logits=logits, n=self.n,
                                   precision=precision, end_masses=self.end_masses)
 
 
