@@ -65,7 +65,7 @@ def mnist_vs_xz(tmp: Path, repeats: int, threads: int, models: list[str] | None 
             bbc, out = tmp / f"t10k.{k}.bbc", tmp / f"t10k.{k}.out"
             pick = [] if name is None else ["--model", name]
             times[name][0].append(wall(cli(*t, "compress", "-f", *pick, raw, "-o", bbc), 1))
-            times[name][1].append(wall(cli(*t, "decompress", "-f", bbc, "-o", out), 1))
+            times[name][1].append(wall(cli(*t, "decompress", "-f", *pick, bbc, "-o", out), 1))
             assert same_file(raw, out)
     xz_c = wall(["sh", "-c", f"xz -9e -T1 -k -c {raw} > {tmp / 't.xz'}"], repeats)
     xz_d = wall(["sh", "-c", f"xz -d -c {tmp / 't.xz'} > /dev/null"], repeats)
