@@ -39,6 +39,8 @@ class ImageFile:
     side_data: bytes = b""  # e.g. CIFAR labels, PNG alpha
     sha256: str = ""  # of the original file bytes (PNG: of the canonical pixel description)
     content_sha256: str = ""  # of the file's content inside any gzip wrapper (already verified)
+    # read_image_bytes(..., finish_gzip_later=True): the rest of the gzip check, or None
+    gzip_check: object = field(default=None, repr=False, compare=False)
 
     @property
     def pixels(self) -> str:
@@ -74,26 +76,70 @@ def gzip_rebuild(header: bytes, data: bytes, level: int, mem: int) -> bytes:
 
 
 GZIP_PIECE = 1 << 16  # bytes fed to a candidate deflater at a time when checking it
+GZIP_QUICK = 1 << 20  # content bytes every setting is checked on before the rest may run in the background
+GZIP_QUICK_OUTPUT = 1 << 16  # ... and at least this much of its output (deflate holds back its first block)
 
 
-def _deflate_matches(stream: memoryview, data: bytes, level: int, mem: int) -> bool:
-    """Whether deflating ``data`` with these settings gives exactly ``stream``. The candidate is
-    fed ``data`` piece by piece and dropped at its first byte that differs from ``stream``: what
-    ``compress()`` has returned is final (``flush()`` only appends), so it must be a prefix."""
-    c = zlib.compressobj(level, zlib.DEFLATED, -15, mem)
-    view = memoryview(data)
-    pos = 0
-    for start in range(0, len(data), GZIP_PIECE):
-        out = c.compress(view[start: start + GZIP_PIECE])
+class _DeflateCheck:
+    """Whether deflating ``data`` with one zlib setting gives exactly ``stream``, checked as the
+    data is fed (:meth:`advance`) and dropped at the first byte that differs: what ``compress()``
+    has returned is final (``flush()`` only appends), so it must be a prefix of ``stream``. The
+    output does not depend on how the data is cut into pieces."""
+
+    def __init__(self, stream: memoryview, data: bytes, level: int, mem: int):
+        self.stream, self.data, self.level, self.mem = stream, memoryview(data), level, mem
+        self._z = zlib.compressobj(level, zlib.DEFLATED, -15, mem)
+        self._fed = self._out = 0
+        self._flushed = False
+        self.ok = True  # no byte has differed so far
+
+    def _take(self, out: bytes) -> None:
         if out:
-            if len(out) > len(stream) - pos or stream[pos: pos + len(out)] != out:
-                return False
-            pos += len(out)
-    out = c.flush()
-    return len(out) == len(stream) - pos and stream[pos:] == out
+            end = self._out + len(out)
+            self.ok = end <= len(self.stream) and self.stream[self._out: end] == out
+            self._out = end
+
+    @property
+    def fed_all(self) -> bool:
+        return self._fed == len(self.data)
+
+    def advance(self, until: int | None = None, min_output: int = 0) -> bool:
+        """Feed the data up to byte ``until``, and on until ``min_output`` bytes of output have been
+        compared (None: all of it, then flush and check the length too); whether every byte so far
+        matches."""
+        end = len(self.data) if until is None else min(until, len(self.data))
+        while self.ok and not self.fed_all and (self._fed < end or self._out < min_output):
+            piece = self.data[self._fed: self._fed + GZIP_PIECE]
+            self._fed += len(piece)
+            self._take(self._z.compress(piece))
+        if self.ok and until is None and not self._flushed:
+            self._flushed = True
+            self._take(self._z.flush())
+            self.ok = self.ok and self._out == len(self.stream)
+        return self.ok
 
 
 GUNZIPPED_HINT = "pass --gunzipped to code the data inside and restore it as the plain (gunzipped) file"
+
+
+def _gunzip(raw: bytes, name: str):
+    """``(content, header, deflate stream or None)`` of gzip bytes; the stream is None where the
+    file is not one member (no single deflate stream to reproduce)."""
+    import gzip
+
+    try:
+        data = gzip.decompress(raw)
+        end = _gzip_header_end(raw)
+    except (OSError, EOFError, ValueError, IndexError, struct.error, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt gzip data ({exc})") from exc
+    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+    single = len(raw) - end - 8 > 0 and raw[-8:] == trailer
+    return data, raw[:end], memoryview(raw)[end: len(raw) - 8] if single else None
+
+
+def _not_reproducible(name: str) -> DataError:
+    return DataError(f"{name}: this gzip file was not made by zlib, so it cannot be restored byte for "
+                     f"byte; gunzip it first, or {GUNZIPPED_HINT}")
 
 
 def unwrap_gzip(raw: bytes, name: str, gunzipped: bool = False) -> tuple[bytes, dict | None]:
@@ -103,24 +149,38 @@ def unwrap_gzip(raw: bytes, name: str, gunzipped: bool = False) -> tuple[bytes, 
     wrong setting tried, which is dropped at its first differing byte)."""
     if raw[:2] != b"\x1f\x8b":
         return raw, None
-    import gzip
-
-    try:
-        data = gzip.decompress(raw)
-        end = _gzip_header_end(raw)
-    except (OSError, EOFError, ValueError, IndexError, struct.error, zlib.error) as exc:
-        raise DataError(f"{name}: corrupt gzip data ({exc})") from exc
-    header = raw[:end]
-    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
-    if len(raw) - end - 8 > 0 and raw[-8:] == trailer:  # else not one member: no single deflate stream
-        stream = memoryview(raw)[end: len(raw) - 8]
-        for level, mem in _GZIP_TRIES:
-            if _deflate_matches(stream, data, level, mem):
-                return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
+    data, header, stream = _gunzip(raw, name)
+    for level, mem in _GZIP_TRIES if stream is not None else ():
+        if _DeflateCheck(stream, data, level, mem).advance():
+            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
     if gunzipped:
         return data, None
-    raise DataError(f"{name}: this gzip file was not made by zlib, so it cannot be restored byte for "
-                    f"byte; gunzip it first, or {GUNZIPPED_HINT}")
+    raise _not_reproducible(name)
+
+
+def unwrap_gzip_quickly(raw: bytes, name: str, gunzipped: bool = False):
+    """:func:`unwrap_gzip` with its one long part left to the caller: every setting is first
+    checked on the content's first :data:`GZIP_QUICK` bytes (and :data:`GZIP_QUICK_OUTPUT` bytes of
+    its output), and the first that matches them is
+    returned as ``(content, info, finish)``, where ``finish()`` checks the rest of the stream for
+    that setting and returns whether it holds (a deflate of the content: run it alongside other
+    work, zlib releases the GIL). Where it does not hold, :func:`unwrap_gzip` has the answer.
+    ``finish`` is None where the answer is already final (no gzip wrapper, none of the settings
+    matches, or the quick part took the whole content)."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw, None, None
+    data, header, stream = _gunzip(raw, name)
+    for level, mem in _GZIP_TRIES if stream is not None else ():
+        check = _DeflateCheck(stream, data, level, mem)
+        if check.advance(GZIP_QUICK, min_output=GZIP_QUICK_OUTPUT):
+            if check.fed_all:
+                if not check.advance():
+                    continue
+                return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}, None
+            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}, check.advance
+    if gunzipped:
+        return data, None, None
+    raise _not_reproducible(name)
 
 
 def wrap_gzip(data: bytes, info: dict | None) -> bytes:
@@ -166,7 +226,8 @@ def looks_like_cifar(content: bytes) -> bool:
     return bool(content) and len(content) % CIFAR_RECORD == 0 and max(content[::CIFAR_RECORD]) < 10
 
 
-def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: bool = False) -> ImageFile:
+def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: bool = False,
+                     finish_gzip_later: bool = False) -> ImageFile:
     """Read a supported file from its bytes; raises DataError with a one-line reason otherwise.
 
     ``name`` names it in messages. ``kind`` (one of :data:`KINDS`) says what the data is; by
@@ -174,7 +235,10 @@ def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: 
     wrapper an IDX header, and CIFAR-10 by the file name's ending (``.bin``, ``.bin.gz``) or, for
     data that is not a valid IDX file, by a length that is a whole number of records with labels
     below 10. ``gunzipped``: a gzip file that zlib cannot reproduce is read as its content (to be
-    restored as the plain file) instead of being refused."""
+    restored as the plain file) instead of being refused. ``finish_gzip_later``: the long part of
+    the gzip check (see :func:`unwrap_gzip_quickly`) is left as the file's ``gzip_check`` (None
+    where nothing is left), for the caller to run before it trusts ``restore``; where that
+    returns False, the file must be read again without this option."""
     path = Path(name)
     if kind is not None and kind not in KINDS:
         raise DataError(f"{path}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -191,7 +255,11 @@ def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: 
         f = _read_png(raw, path)
         f.kind = want
         return f
-    content, gz = unwrap_gzip(raw, str(path), gunzipped)
+    check = None
+    if finish_gzip_later:
+        content, gz, check = unwrap_gzip_quickly(raw, str(path), gunzipped)
+    else:
+        content, gz = unwrap_gzip(raw, str(path), gunzipped)
     if gz is None and content is not raw:  # --gunzipped: the plain content is what comes back
         sha = hashlib.sha256(content).hexdigest()
     if not content:
@@ -202,14 +270,15 @@ def read_image_bytes(raw: bytes, name: str, kind: str | None = None, gunzipped: 
     if kind == "cifar":
         labels, images = parse_cifar(content, str(path))
         return ImageFile("cifar", torch.from_numpy(images), {"gzip": gz}, labels.tobytes(), sha,
-                         hashlib.sha256(content).hexdigest())
+                         hashlib.sha256(content).hexdigest(), check)
     if arr is None:
         arr = parse_idx(content, str(path))
     if arr.dtype != np.uint8 or arr.ndim != 3:
         raise DataError(f"{path}: only uint8 IDX image files of rank 3 are supported (got {arr.dtype}, rank {arr.ndim})")
     if 0 in arr.shape:
         raise DataError(f"{path}: holds no images (IDX dimensions {'x'.join(map(str, arr.shape))})")
-    return ImageFile("idx", torch.from_numpy(arr.copy()), {"gzip": gz}, b"", sha, hashlib.sha256(content).hexdigest())
+    return ImageFile("idx", torch.from_numpy(arr.copy()), {"gzip": gz}, b"", sha, hashlib.sha256(content).hexdigest(),
+                     check)
 
 
 def _content_kind(content: bytes, path: Path):

@@ -370,6 +370,62 @@ def test_gzip_zlib_cannot_reproduce_is_refused_fast(tmp_path, monkeypatch):
     assert sum(fed) < 2 * len(content)  # level 9 dropped early, level 6 once through
 
 
+def gzip_diverging_after(content, level, at):
+    """Valid gzip of ``content`` that zlib ``level`` reproduces up to content byte ``at`` and not
+    after it (a full flush there, which a plain deflate does not make)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(content[:at]) + c.flush(zlib.Z_FULL_FLUSH) + c.compress(content[at:]) + c.flush()
+
+
+def test_quick_gzip_check_leaves_one_deflate_for_later(monkeypatch):
+    from bbcodec import formats
+
+    content = CONTENT[:16] + CONTENT[16:] * 3  # 1.2 MB, 1,500 digits: more than GZIP_QUICK
+    content = content[:4] + (1500).to_bytes(4, "big") + content[8:]
+    good = gzip.compress(content, compresslevel=6, mtime=0)
+    data, info, finish = formats.unwrap_gzip_quickly(good, "x")
+    assert data == content and info == formats.unwrap_gzip(good, "x")[1] and info["l"] == 6
+    assert finish is not None and finish() and finish()  # the rest checked (once; asking again is free)
+    late = gzip_diverging_after(content, 9, formats.GZIP_QUICK + (1 << 17))
+    _, info, finish = formats.unwrap_gzip_quickly(late, "x")
+    assert info["l"] == 9 and finish() is False  # the first megabyte matched level 9, the rest does not
+    with pytest.raises(DataError, match="cannot be restored byte for byte"):
+        formats.unwrap_gzip(late, "x")
+    small = gzip.compress(content[:50_000], compresslevel=9, mtime=0)  # whole content within the quick part
+    assert formats.unwrap_gzip_quickly(small, "x")[2] is None
+    assert formats.unwrap_gzip_quickly(b"plain", "x") == (b"plain", None, None)
+
+
+def test_compress_checks_gzip_alongside_the_model_and_retries_when_the_check_fails(model, monkeypatch):
+    from bbcodec import api, formats
+
+    content = idx_bytes(12)
+    good = gzip.compress(content, compresslevel=6, mtime=0)
+    packed = api.compress_data(good, "x-idx3-ubyte.gz", model=model)[0]  # quick part took it all: settled
+    assert api.decompress_data(packed, model=model)[0] == good
+    real_quick, real_full = formats.unwrap_gzip_quickly, formats.unwrap_gzip
+    finished, full_checks = [], []
+
+    def wrong_rest():
+        finished.append(1)
+        return False
+
+    def quick_and_wrong(raw, name, gunzipped=False):  # the rare case: level 9 let through, and wrong
+        data, info, _ = real_quick(raw, name, gunzipped=True)
+        return data, {"h": (info or {}).get("h", ""), "l": 9, "m": 8}, wrong_rest
+
+    monkeypatch.setattr(formats, "unwrap_gzip_quickly", quick_and_wrong)
+    monkeypatch.setattr(formats, "unwrap_gzip", lambda raw, *a: full_checks.append(1) or real_full(raw, *a))
+    assert api.compress_data(good, "x-idx3-ubyte.gz", model=model)[0] == packed  # retried with the whole check
+    assert finished == [1] and full_checks == [1]
+    late = gzip_diverging_after(content, 9, 6000)
+    with pytest.raises(DataError, match="cannot be restored byte for byte"):
+        api.compress_data(late, "x-idx3-ubyte.gz", model=model)
+    packed, _ = api.compress_data(late, "x-idx3-ubyte.gz", model=model, gunzipped=True)
+    assert api.decompress_data(packed, model=model)[0] == content  # restored gunzipped, as --gunzipped says
+    assert finished == [1] * 3
+
+
 def test_gunzipped_round_trip(tmp_path, model):
     raw = odd_gzip(idx_bytes(3))
     src = tmp_path / "odd-idx3-ubyte.gz"
