@@ -27,7 +27,8 @@ from .container import CODED, METHODS, ZLIB, Container, describe
 from .errors import BBCodecError
 from .fileio import (STDIO, UsageError, atomic_write as _atomic_write, check_output as _check_output,
                      display_name, hint_images, input_mode, is_stdio, read_input as _read_input, write_output)
-from .formats import ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha, write_image_file
+from .formats import (GzipFileWriter, ImageFile, check_restorable, read_image_bytes, read_image_file, restored_sha,
+                      write_image_file)
 from .layout import MAP_KEYS, Layout
 from .parallel import resolve_jobs, workers_for
 from .protocol import default_coding, is_protocol_model
@@ -117,7 +118,9 @@ def _encode_chunks(loaded, images, coding, chunk, progress, workers=None):
     return layout, chunks, counts, stats
 
 
-def _decode_chunks(loaded, container: Container, progress, workers=None):
+def _decode_chunks(loaded, container: Container, progress, workers=None, on_images_for=None):
+    """The images of ``container``. ``on_images_for(layout)``, where given, returns None or a
+    function to hand the images to in order as they decode (see :meth:`Layout.decode`)."""
     check_compatible(loaded, torch.empty(container.shape, dtype=torch.uint8, device="meta"), container.pixels)
     coding = file_coding(container.coding)  # old files lack some keys: their old-file defaults
     keep_freed_memory()
@@ -127,7 +130,8 @@ def _decode_chunks(loaded, container: Container, progress, workers=None):
         raise BBCodecError(f"corrupt .bbc header: bad coding parameters ({exc})") from exc
     if sum(container.chunk_images) != layout.unit_count():
         raise BBCodecError("corrupt .bbc header: chunk sizes do not match the image shape")
-    return layout.decode(container.chunks, container.chunk_images, progress, workers)
+    on_images = on_images_for(layout) if on_images_for is not None else None
+    return layout.decode(container.chunks, container.chunk_images, progress, workers, on_images)
 
 
 MAX_PADDING = 4  # code with the model only if its tiles cover at most this many times the pixels
@@ -296,14 +300,30 @@ def _restore(box: Container, model=None, progress=None, jobs: int = 1) -> tuple[
         images = _stored_images(box)
         return images, None if box.kind == "raw" else box.payload
     loaded = _model_for(box, model)
-    with _workers(jobs, loaded) as workers:
-        images = _decode_chunks(loaded, box, progress, workers)
-    if box.kind == "raw":
-        legacy = box.version == 1 and hashlib.sha256(images.numpy().tobytes()).hexdigest() == box.data_sha256
-        if not legacy and tensor_sha256(images) != box.data_sha256:
-            raise mismatch
-        return images, None
-    restored = write_image_file(ImageFile(box.kind, images, box.restore, box.side_data))
+    writer = None
+    try:
+        with _workers(jobs, loaded) as workers:
+
+            def deflate_as_decoded(layout):  # a gzip wrapper's deflate alongside the decoding
+                nonlocal writer
+                if box.kind in ("idx", "cifar") and box.restore.get("gzip") and layout.streams(len(box.chunks), workers):
+                    writer = GzipFileWriter(box.kind, box.shape, box.restore, box.side_data)
+                    return writer.feed
+                return None
+
+            images = _decode_chunks(loaded, box, progress, workers, deflate_as_decoded)
+        if box.kind == "raw":
+            legacy = box.version == 1 and hashlib.sha256(images.numpy().tobytes()).hexdigest() == box.data_sha256
+            if not legacy and tensor_sha256(images) != box.data_sha256:
+                raise mismatch
+            return images, None
+        if writer is not None:
+            restored = writer.finish()
+        else:
+            restored = write_image_file(ImageFile(box.kind, images, box.restore, box.side_data))
+    finally:
+        if writer is not None:
+            writer.close()
     if restored_sha(box.kind, restored) != box.data_sha256:
         raise mismatch
     return images, restored
@@ -329,6 +349,8 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     jobs = resolve_jobs(jobs)
     # a gzip wrapper's check (a deflate of the content: 1-2 s for MNIST's test set) runs alongside the model
     f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped, finish_gzip_later=True)
+    if f.restore.get("gzip"):  # images coded last first decode first first: decompression deflates meanwhile
+        coding = {"units_reversed": True, **(coding or {})}
     gzip_check = _Background(f.gzip_check) if f.gzip_check is not None else None
 
     def settle():

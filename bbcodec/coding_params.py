@@ -84,6 +84,10 @@ OPTIONS = (
            "that do not fill a whole tile into smaller tiles, instead of padding to whole tiles (see "
            ":class:`bbcodec.tiling.Level`; the encoder's default, None, uses them where they change the "
            "tiling)", old_default=False),
+    Option("units_reversed", bool, (), False, True,
+           "whole-image models: each chunk's images are coded last first, so that they decode first "
+           "first (decompression then deflates a gzip-wrapped file alongside the decoding; the encoder "
+           "sets it for those files)", old_default=False),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -405,14 +405,77 @@ def _read_png(raw: bytes, path: Path) -> ImageFile:
 
 
 # ---------------------------------------------------------------------------------- writers
+def _content_head(kind: str, shape) -> bytes:
+    """What an IDX or CIFAR file's content holds before its first image (IDX: its header)."""
+    return struct.pack(">BBBB3I", 0, 0, 0x08, 3, *shape) if kind == "idx" else b""
+
+
+def _content_records(kind: str, images: np.ndarray, labels: bytes) -> bytes:
+    """The content bytes of a run of images (CIFAR: each after its label byte)."""
+    if kind == "idx":
+        return images.tobytes()
+    return np.concatenate([np.frombuffer(labels, dtype=np.uint8)[:, None], images.reshape(len(images), -1)],
+                          axis=1).tobytes()
+
+
 def _content(f: ImageFile) -> bytes:
     """The bytes inside any gzip wrapper, for IDX and CIFAR files."""
-    imgs = f.images.numpy()
-    if f.kind == "idx":
-        n, h, w = imgs.shape
-        return struct.pack(">BBBB3I", 0, 0, 0x08, 3, n, h, w) + imgs.tobytes()
-    labels = np.frombuffer(f.side_data, dtype=np.uint8)
-    return np.concatenate([labels[:, None], imgs.reshape(len(imgs), -1)], axis=1).tobytes()
+    return _content_head(f.kind, f.images.shape) + _content_records(f.kind, f.images.numpy(), f.side_data)
+
+
+class GzipFileWriter:
+    """A gzip-wrapped IDX or CIFAR file rebuilt (the bytes :func:`write_image_file` gives) from its
+    images fed in order, run by run (:meth:`feed`), while later ones are still being decoded: the
+    deflate runs in a background thread (zlib releases the GIL). Deflate's output does not depend
+    on how its input is cut, so the bytes are the same. :meth:`finish` returns them; :meth:`close`
+    stops the thread when the images will not all come."""
+
+    def __init__(self, kind: str, shape, restore: dict, side_data: bytes = b""):
+        import queue
+        import threading
+
+        info = restore["gzip"]
+        self.kind, self.shape, self._labels, self._fed = kind, tuple(shape), side_data, 0
+        self._header = base64.b64decode(info["h"])
+        self._z = zlib.compressobj(info["l"], zlib.DEFLATED, -15, info["m"])
+        self._crc, self._size, self._out, self._error = 0, 0, [], None
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._deflate, daemon=True)
+        self._thread.start()
+        self._queue.put(_content_head(kind, shape))
+
+    def _deflate(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._crc = zlib.crc32(piece, self._crc)
+                    self._size += len(piece)
+                    self._out.append(self._z.compress(piece))
+                except BaseException as exc:  # noqa: BLE001 - raised by finish()
+                    self._error = exc
+
+    def feed(self, images: torch.Tensor) -> None:
+        """The next run of images, uint8 of the file's image shape (or flattened per image)."""
+        n = len(images)
+        if self._fed + n > self.shape[0]:
+            raise ValueError("more images than the file holds")
+        labels = self._labels[self._fed: self._fed + n] if self.kind == "cifar" else b""
+        self._queue.put(_content_records(self.kind, images.reshape(n, -1).numpy(), labels))
+        self._fed += n
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def finish(self) -> bytes:
+        """The whole file's bytes, once every image has been fed."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        if self._fed != self.shape[0]:
+            raise ValueError(f"{self._fed} of the file's {self.shape[0]} images were fed")
+        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+        return self._header + b"".join(self._out) + self._z.flush() + trailer
 
 
 def write_image_file(f: ImageFile, stored: bool = False) -> bytes:

@@ -90,6 +90,8 @@ class Layout:
         if choose_edge and self.arch.tiled and self._whole_tiles_alike():
             self.params = replace(self.params, edge_tiles=False)  # files say what files before them did
         self._set_levels()
+        if self.levels and self.params.units_reversed:  # tiles keep their order (only whole images reverse)
+            self.params = replace(self.params, units_reversed=False)
         groups = self.loaded.model.steps if self.levels else 0  # pixel groups of a tiled model
         nout = self.loaded.model.likelihood.nout if self.levels else 1
         for key in MAP_KEYS:
@@ -233,7 +235,7 @@ class Layout:
         """Chunk ``index`` of :meth:`chunk_parts`: ``(bytes, units, stats)``. ``codecs``: those of
         :meth:`codecs`, to reuse for runs of units (made afresh if not given)."""
         if not self.whole_images:
-            segments = [Segment((codecs or self.codecs())[0], part)]
+            segments = [Segment((codecs or self.codecs())[0], part.flip(0) if self.params.units_reversed else part)]
             data, st = encode_segments(segments, chunk=index, progress=progress)
             return data, len(part), st
         resume = None
@@ -290,20 +292,32 @@ class Layout:
         coded = run_chunks(len(parts), encode)
         return [c[0] for c in coded], [c[1] for c in coded], [c[2] for c in coded]
 
-    def decode_chunk(self, index: int, data: bytes, count: int, progress=None) -> torch.Tensor:
+    def decode_chunk(self, index: int, data: bytes, count: int, progress=None, on_images=None) -> torch.Tensor:
         """Chunk ``index`` of ``count`` units, decoded: its images ``(n, C, H, W)`` when chunks
-        hold whole images, otherwise its units; :meth:`assemble` joins the chunks."""
+        hold whole images, otherwise its units; :meth:`assemble` joins the chunks. ``on_images``:
+        see :meth:`decode`."""
         n = count // self.units_per_image()
         if self.whole_images and count != n * self.units_per_image():
             raise BBCodecError("corrupt .bbc header: a chunk does not hold whole images")
         sizes = self.segment_sizes(n) if self.whole_images else [count]
+        on_batch = None
+        if on_images is not None:  # batches come off last units first: reversed units are first first
+            on_batch = lambda k, units: on_images(units.flip(0))  # noqa: E731
         try:
-            decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index, progress=progress)
+            decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index, progress=progress,
+                                      on_batch=on_batch)
         except BBCodecError:
             raise
         except (ValueError, RuntimeError, IndexError) as exc:
             raise BBCodecError(f"corrupt .bbc file: chunk {index} does not decode ({exc})") from exc
-        return self._level_image(0, decoded, n) if self.whole_images else decoded[0]
+        if self.whole_images:
+            return self._level_image(0, decoded, n)
+        return decoded[0].flip(0) if self.params.units_reversed else decoded[0]
+
+    def streams(self, chunks: int, workers=None) -> bool:
+        """Whether :meth:`decode` can hand out the images in order as they are decoded: one chunk
+        of a whole-image model's images coded last first (``units_reversed``), in this process."""
+        return not self.levels and self.params.units_reversed and chunks == 1 and workers is None
 
     def assemble(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The image tensor from the decoded chunks of :meth:`decode_chunk`, in order."""
@@ -317,13 +331,18 @@ class Layout:
         x = torch.cat(parts)
         return (x[:, 0] if self.grey or self.luminance else x).contiguous()
 
-    def decode(self, chunks, counts, progress=None, workers=None) -> torch.Tensor:
-        """Inverse of :meth:`encode` (``counts``: units per chunk; ``workers`` as there)."""
+    def decode(self, chunks, counts, progress=None, workers=None, on_images=None) -> torch.Tensor:
+        """Inverse of :meth:`encode` (``counts``: units per chunk; ``workers`` as there).
+        ``on_images(images)``, where :meth:`streams` allows, is called with consecutive runs of the
+        decoded images, in order, as they come off (the whole tensor is returned as well)."""
+        if on_images is not None and not self.streams(len(chunks), workers):
+            raise ValueError("this file's images do not decode in order")
         tick = _ticker(progress, self.unit_count())
         if workers is not None and len(chunks) > 1:
             return self.assemble(workers.decode(self, chunks, counts, tick))
         tick = _serialised(tick)
-        return self.assemble(run_chunks(len(chunks), lambda index: self.decode_chunk(index, chunks[index], counts[index], tick)))
+        return self.assemble(run_chunks(len(chunks), lambda index: self.decode_chunk(index, chunks[index], counts[index],
+                                                                                     tick, on_images)))
 
     def _level_image(self, k: int, decoded: dict, n: int) -> torch.Tensor:
         """Level ``k``'s image ``(n, C, h, w)`` from its decoded segments."""

@@ -138,10 +138,11 @@ def encode_segments(segments: list[Segment], chunk: int = 0, progress=None,
 
 
 def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None, chunk: int = 0,
-                    progress=None) -> list[torch.Tensor]:
+                    progress=None, on_batch=None) -> list[torch.Tensor]:
     """Inverse of :func:`encode_segments`: the units of each segment. Segments come off the message
     last first; ``given_for(k, decoded)``, with ``decoded`` the dict of segments already decoded
-    (all after ``k``), returns segment ``k``'s ``given`` tensor (or None). Verifies that the message
+    (all after ``k``), returns segment ``k``'s ``given`` tensor (or None). ``on_batch(k, units)``,
+    where given, sees each batch as it comes off, last units first. Verifies that the message
     returns to its seeded start state."""
     p = codecs[0].params
     if p.stored_plan:
@@ -172,6 +173,8 @@ def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None
             parts.append(coder.pop(msg).to(torch.uint8))
             if msg.initial_words:
                 raise ValueError("corrupt data: the message ran out before the images did")
+            if on_batch is not None:
+                on_batch(k, parts[-1])
             end -= size
             if end == 0:
                 decoded[k] = torch.cat(parts[::-1])

@@ -426,6 +426,24 @@ def test_compress_checks_gzip_alongside_the_model_and_retries_when_the_check_fai
     assert finished == [1] * 3
 
 
+def test_gzip_files_decode_first_images_first_and_deflate_while_decoding(model, monkeypatch):
+    from bbcodec import api, formats
+    from bbcodec.container import Container
+
+    raw = gzip.compress(idx_bytes(20), compresslevel=9, mtime=0)
+    runs = []
+    real_feed = formats.GzipFileWriter.feed
+    monkeypatch.setattr(formats.GzipFileWriter, "feed", lambda self, images: runs.append(len(images)) or real_feed(self, images))
+    for coding, chunk, streamed in (({}, 10_000, True), ({"units_reversed": False}, 10_000, False), ({}, 6, False)):
+        runs.clear()
+        packed, _ = api.compress_data(raw, "x-idx3-ubyte.gz", model=model, coding=coding, chunk=chunk, fallback=False)
+        assert Container.from_bytes(packed).coding.get("units_reversed", False) is coding.get("units_reversed", True)
+        assert api.decompress_data(packed, model=model)[0] == raw
+        assert (sum(runs) == 20 and len(runs) > 1) if streamed else not runs  # batches of 8, in order
+    plain = api.compress_data(idx_bytes(20), "x-idx3-ubyte", model=model, fallback=False)[0]
+    assert "units_reversed" not in Container.from_bytes(plain).coding  # nothing to stream: as before
+
+
 def test_gunzipped_round_trip(tmp_path, model):
     raw = odd_gzip(idx_bytes(3))
     src = tmp_path / "odd-idx3-ubyte.gz"

@@ -29,6 +29,30 @@ def test_idx_gzip_and_plain(tmp_path):
     assert restore(plain)[1] == plain.read_bytes()
 
 
+def test_gzip_file_writer_gives_the_bytes_whatever_the_runs_of_images(tmp_path):
+    from bbcodec.formats import GzipFileWriter, read_image_bytes
+
+    rng = np.random.default_rng(3)
+    content = gzip.decompress(SAMPLE_IDX.read_bytes())
+    records = np.concatenate([rng.integers(0, 10, (40, 1)), rng.integers(0, 256, (40, 3072))], 1).astype(np.uint8)
+    for raw, name in ((SAMPLE_IDX.read_bytes(), "x-idx3-ubyte.gz"),
+                      (gzip.compress(content, compresslevel=4, mtime=0), "x-idx3-ubyte.gz"),
+                      (gzip.compress(records.tobytes(), compresslevel=9, mtime=0), "x.bin.gz")):
+        f = read_image_bytes(raw, name)
+        cuts = sorted({0, len(f.images), *rng.integers(0, len(f.images), 5).tolist()})
+        writer = GzipFileWriter(f.kind, f.images.shape, f.restore, f.side_data)
+        for a, b in zip(cuts, cuts[1:]):
+            writer.feed(f.images[a:b].reshape(b - a, -1) if a % 2 else f.images[a:b])  # flat or not
+        assert writer.finish() == raw == write_image_file(f)
+        short = GzipFileWriter(f.kind, f.images.shape, f.restore, f.side_data)
+        short.feed(f.images[:3])
+        with pytest.raises(ValueError, match="3 of the file's"):
+            short.finish()
+        with pytest.raises(ValueError, match="more images"):
+            short.feed(f.images)
+        short.close()  # after finish: harmless
+
+
 def test_gzip_not_from_zlib_is_refused(tmp_path):
     content = gzip.decompress(SAMPLE_IDX.read_bytes())[: 16 + 784 * 4]
     content = content[:4] + (4).to_bytes(4, "big") + content[8:]
