@@ -213,6 +213,14 @@ class _BackgroundZlib:
         return packed if packed is not None and len(packed) <= give_up_above else None
 
 
+def _coding_for_file(f: ImageFile, coding: dict | None) -> dict | None:
+    """``coding`` with what the file's kind asks for: gzip-wrapped files code their images last
+    first (``units_reversed``), so that decompression deflates them as they decode."""
+    if f.restore.get("gzip"):
+        return {"units_reversed": True, **(coding or {})}
+    return coding
+
+
 class _GzipSettingDiffers(Exception):
     """The zlib setting :func:`bbcodec.formats.unwrap_gzip_quickly` chose does not reproduce the
     whole gzip stream."""
@@ -349,8 +357,7 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     jobs = resolve_jobs(jobs)
     # a gzip wrapper's check (a deflate of the content: 1-2 s for MNIST's test set) runs alongside the model
     f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped, finish_gzip_later=True)
-    if f.restore.get("gzip"):  # images coded last first decode first first: decompression deflates meanwhile
-        coding = {"units_reversed": True, **(coding or {})}
+    coding = _coding_for_file(f, coding)
     gzip_check = _Background(f.gzip_check) if f.gzip_check is not None else None
 
     def settle():
@@ -542,6 +549,7 @@ def evaluate(src, model=None, limit: int | None = None, coding: dict | None = No
     if limit:
         f = replace(f, images=f.images[:limit], side_data=f.side_data[:limit] if f.kind == "cifar" else f.side_data)
     images = f.images
+    coding = _coding_for_file(f, coding)  # the file compress would write
     loaded = choose_model(images, f.pixels, model)
     dims = images.numel()
     with _workers(jobs, loaded) as workers:

@@ -144,6 +144,8 @@ def test_chunks_are_independent(tmp_path, models):
     loaded = load_model(models["uint8"])
     codec = make_codec(loaded, box.coding)
     last = codec.decode(box.chunks[2], 3, chunk=2)  # decodes on its own
+    if box.coding.get("units_reversed"):  # a gzip-wrapped file: its chunks' images are coded last first
+        last = last.flip(0)
     from bbcodec.datasets import load_images
 
     assert (last.numpy() == load_images(src)[8:11].numpy()).all()

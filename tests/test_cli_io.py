@@ -426,7 +426,7 @@ def test_compress_checks_gzip_alongside_the_model_and_retries_when_the_check_fai
     assert finished == [1] * 3
 
 
-def test_gzip_files_decode_first_images_first_and_deflate_while_decoding(model, monkeypatch):
+def test_gzip_files_decode_first_images_first_and_deflate_while_decoding(tmp_path, model, monkeypatch):
     from bbcodec import api, formats
     from bbcodec.container import Container
 
@@ -442,6 +442,10 @@ def test_gzip_files_decode_first_images_first_and_deflate_while_decoding(model, 
         assert (sum(runs) == 20 and len(runs) > 1) if streamed else not runs  # batches of 8, in order
     plain = api.compress_data(idx_bytes(20), "x-idx3-ubyte", model=model, fallback=False)[0]
     assert "units_reversed" not in Container.from_bytes(plain).coding  # nothing to stream: as before
+    src = tmp_path / "x-idx3-ubyte.gz"
+    src.write_bytes(raw)  # evaluate measures the file compress writes
+    assert api.evaluate(src, model=model)["total_bits"] == 8 * len(
+        api.compress_data(raw, src.name, model=model, fallback=False)[0])
 
 
 def test_gunzipped_round_trip(tmp_path, model):
