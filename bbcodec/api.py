@@ -326,7 +326,10 @@ def _restore(box: Container, model=None, progress=None, jobs: int = 1) -> tuple[
                 raise mismatch
             return images, None
         if writer is not None:
-            restored = writer.finish()
+            try:
+                restored = writer.finish()
+            except (ValueError, zlib.error):
+                raise mismatch from None
         else:
             restored = write_image_file(ImageFile(box.kind, images, box.restore, box.side_data))
     finally:
@@ -357,7 +360,8 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
     jobs = resolve_jobs(jobs)
     # a gzip wrapper's check (a deflate of the content: 1-2 s for MNIST's test set) runs alongside the model
     f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped, finish_gzip_later=True)
-    coding = _coding_for_file(f, coding)
+    asked = coding
+    coding = _coding_for_file(f, asked)
     gzip_check = _Background(f.gzip_check) if f.gzip_check is not None else None
 
     def settle():
@@ -375,7 +379,7 @@ def compress_data(raw: bytes, name: str = "<data>", model=None, chunk: int = DEF
         f = read_image_bytes(raw, name, kind=kind, gunzipped=gunzipped)
         restored = raw if f.restore.get("gzip") else gzip.decompress(raw)
         data, method, model_name, note = _coded_or_stored(f, restored, hashlib.sha256(restored).hexdigest(), model,
-                                                          coding, chunk, None, fallback, jobs)
+                                                          _coding_for_file(f, asked), chunk, None, fallback, jobs)
     finally:
         restorable.result()  # its DataError first: the file could not have been restored
     dims = max(1, f.images.numel())

@@ -87,7 +87,7 @@ class _DeflateCheck:
     output does not depend on how the data is cut into pieces."""
 
     def __init__(self, stream: memoryview, data: bytes, level: int, mem: int):
-        self.stream, self.data, self.level, self.mem = stream, memoryview(data), level, mem
+        self.stream, self.data = stream, memoryview(data)
         self._z = zlib.compressobj(level, zlib.DEFLATED, -15, mem)
         self._fed = self._out = 0
         self._flushed = False
@@ -160,11 +160,11 @@ def unwrap_gzip(raw: bytes, name: str, gunzipped: bool = False) -> tuple[bytes, 
 
 def unwrap_gzip_quickly(raw: bytes, name: str, gunzipped: bool = False):
     """:func:`unwrap_gzip` with its one long part left to the caller: every setting is first
-    checked on the content's first :data:`GZIP_QUICK` bytes (and :data:`GZIP_QUICK_OUTPUT` bytes of
-    its output), and the first that matches them is
-    returned as ``(content, info, finish)``, where ``finish()`` checks the rest of the stream for
-    that setting and returns whether it holds (a deflate of the content: run it alongside other
-    work, zlib releases the GIL). Where it does not hold, :func:`unwrap_gzip` has the answer.
+    checked on the content's first :data:`GZIP_QUICK` bytes (and at least :data:`GZIP_QUICK_OUTPUT`
+    bytes of its output), and the first that matches them is returned as ``(content, info,
+    finish)``, where ``finish()`` checks the rest of the stream for that setting and returns
+    whether it holds (a deflate of the content: run it alongside other work, zlib releases the
+    GIL). Where it does not hold, :func:`unwrap_gzip` has the answer.
     ``finish`` is None where the answer is already final (no gzip wrapper, none of the settings
     matches, or the quick part took the whole content)."""
     if raw[:2] != b"\x1f\x8b":
