@@ -460,7 +460,7 @@ class GzipFileWriter:
         if self._fed + n > self.shape[0]:
             raise ValueError("more images than the file holds")
         labels = self._labels[self._fed: self._fed + n] if self.kind == "cifar" else b""
-        self._queue.put(_content_records(self.kind, images.reshape(n, -1).numpy(), labels))
+        self._queue.put(_content_records(self.kind, images.reshape(n, -1).cpu().numpy(), labels))
         self._fed += n
 
     def close(self) -> None:
