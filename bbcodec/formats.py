@@ -71,8 +71,17 @@ def _deflate(data: bytes, level: int, mem: int) -> bytes:
     return c.compress(data) + c.flush()
 
 
+def _gzip_trailer(crc: int, size: int) -> bytes:
+    return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+def _restore_info(header: bytes, level: int, mem: int) -> dict:
+    """What a file records to rebuild its gzip wrapper: the header and the zlib setting."""
+    return {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
+
+
 def gzip_rebuild(header: bytes, data: bytes, level: int, mem: int) -> bytes:
-    return header + _deflate(data, level, mem) + struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+    return header + _deflate(data, level, mem) + _gzip_trailer(zlib.crc32(data), len(data))
 
 
 GZIP_PIECE = 1 << 16  # bytes fed to a candidate deflater at a time when checking it
@@ -132,8 +141,7 @@ def _gunzip(raw: bytes, name: str):
         end = _gzip_header_end(raw)
     except (OSError, EOFError, ValueError, IndexError, struct.error, zlib.error) as exc:
         raise DataError(f"{name}: corrupt gzip data ({exc})") from exc
-    trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
-    single = len(raw) - end - 8 > 0 and raw[-8:] == trailer
+    single = len(raw) - end - 8 > 0 and raw[-8:] == _gzip_trailer(zlib.crc32(data), len(data))
     return data, raw[:end], memoryview(raw)[end: len(raw) - 8] if single else None
 
 
@@ -152,7 +160,7 @@ def unwrap_gzip(raw: bytes, name: str, gunzipped: bool = False) -> tuple[bytes, 
     data, header, stream = _gunzip(raw, name)
     for level, mem in _GZIP_TRIES if stream is not None else ():
         if _DeflateCheck(stream, data, level, mem).advance():
-            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}
+            return data, _restore_info(header, level, mem)
     if gunzipped:
         return data, None
     raise _not_reproducible(name)
@@ -176,8 +184,8 @@ def unwrap_gzip_quickly(raw: bytes, name: str, gunzipped: bool = False):
             if check.fed_all:
                 if not check.advance():
                     continue
-                return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}, None
-            return data, {"h": base64.b64encode(header).decode(), "l": level, "m": mem}, check.advance
+                return data, _restore_info(header, level, mem), None
+            return data, _restore_info(header, level, mem), check.advance
     if gunzipped:
         return data, None, None
     raise _not_reproducible(name)
@@ -474,8 +482,7 @@ class GzipFileWriter:
             raise self._error
         if self._fed != self.shape[0]:
             raise ValueError(f"{self._fed} of the file's {self.shape[0]} images were fed")
-        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
-        return self._header + b"".join(self._out) + self._z.flush() + trailer
+        return self._header + b"".join(self._out) + self._z.flush() + _gzip_trailer(self._crc, self._size)
 
 
 def write_image_file(f: ImageFile, stored: bool = False) -> bytes:

@@ -302,7 +302,7 @@ class Layout:
         sizes = self.segment_sizes(n) if self.whole_images else [count]
         on_batch = None
         if on_images is not None:  # batches come off last units first: reversed units are first first
-            on_batch = lambda k, units: on_images(units.flip(0))  # noqa: E731
+            on_batch = lambda units: on_images(units.flip(0))  # noqa: E731
         try:
             decoded = decode_segments(data, self.codecs(), sizes, self._given_for(n), chunk=index, progress=progress,
                                       on_batch=on_batch)

@@ -141,7 +141,7 @@ def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None
                     progress=None, on_batch=None) -> list[torch.Tensor]:
     """Inverse of :func:`encode_segments`: the units of each segment. Segments come off the message
     last first; ``given_for(k, decoded)``, with ``decoded`` the dict of segments already decoded
-    (all after ``k``), returns segment ``k``'s ``given`` tensor (or None). ``on_batch(k, units)``,
+    (all after ``k``), returns segment ``k``'s ``given`` tensor (or None). ``on_batch(units)``,
     where given, sees each batch as it comes off, last units first. Verifies that the message
     returns to its seeded start state."""
     p = codecs[0].params
@@ -174,7 +174,7 @@ def decode_segments(data: bytes, codecs: list, counts: list[int], given_for=None
             if msg.initial_words:
                 raise ValueError("corrupt data: the message ran out before the images did")
             if on_batch is not None:
-                on_batch(k, parts[-1])
+                on_batch(parts[-1])
             end -= size
             if end == 0:
                 decoded[k] = torch.cat(parts[::-1])
