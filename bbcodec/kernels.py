@@ -575,9 +575,17 @@ if numba is not None:
                 sym, size = sym << 1, cut
         return sym, lo, size
 
+    def _uniform_lookup(p, j, slot):
+        # ``Uniform.lookup``: the symbol straight from the slot, not a bisection (kodim23's
+        # uniform pops: 74 -> 10 ns per symbol)
+        n, precision = p
+        sym = ((slot + 1) * n - 1) >> precision
+        start = (sym << precision) // n
+        return sym, start, ((sym + 1) << precision) // n - start
+
     @numba.extending.overload(_lookup_one, jit_options={"fastmath": False})
     def _lookup_one_for(p, j, slot):
-        return {5: _scan_probs, 6: _packed_lookup}.get(len(p.types), _bisect)  # mixtures: _mixture_lookups
+        return {2: _uniform_lookup, 5: _scan_probs, 6: _packed_lookup}.get(len(p.types), _bisect)  # mixtures: _mixture_lookups
 
     @_jit
     def _lookup(p, slots):

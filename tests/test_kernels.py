@@ -60,6 +60,16 @@ def test_lookup_inverts_interval_on_every_slot_edge(monkeypatch):
         assert torch.equal(sym, symbols) and torch.equal(lo, start) and torch.equal(f, freq)
 
 
+@pytest.mark.parametrize("n", [1, 3, 1000, 1 << 12, 1 << 16])
+def test_uniform_lookup_matches_torch_on_every_slot(n):
+    model = em.Uniform(n, (1 << 16,), precision=16)
+    slots = torch.arange(1 << 16)
+    ours = kernels.lookup(model, slots)
+    theirs = model.lookup(slots)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+
 def test_batch_shapes_and_broadcast_parameters(monkeypatch):
     """Models of any batch shape, with broadcast (non-contiguous) parameters."""
     means = torch.linspace(0, 255, 6, dtype=torch.float64).reshape(1, 1, 6).expand(3, 5, 6)
