@@ -160,6 +160,13 @@ if numba is not None:
         ``GaussianOnBins.edge_cdf``. ``p``: (n, precision, mean, inverse scale, prior mean, prior
         scale, interior bin edges, normal table values, deltas, table origin, table steps per unit)."""
         n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values, deltas, lo, steps = p
+        return _gaussian_cdf_at(i, lane, n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values,
+                                deltas, lo, steps)
+
+    @_inline
+    def _gaussian_cdf_at(i, lane, n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values, deltas, lo,
+                         steps):
+        """:func:`_gaussian_cdf` with the parameters unpacked."""
         if i <= 0:
             return np.int64(0)
         if i >= n:
@@ -521,6 +528,36 @@ if numba is not None:
                     hi_, c_hi = mid, c
             sym[j], start[j], freq[j] = lo_, c_lo, c_hi - c_lo
 
+    def _gaussian_lookups(p, slots, first, lo, hi, sym, start, freq):
+        # :func:`_lookup_one` for slots ``lo..hi-1`` (lanes ``first + j``) over parameters unpacked
+        # once, as :func:`_mixture_lookups`. The guess: the slot's quantile of N(mean, scale)
+        # (its standard-normal quantile read off the bin edges, which are the prior's), in prior
+        # units, through the normal table to a bin; kodim23's and CIFAR's latents: within one bin
+        # of the symbol 99.9% of the time, so one or two ``C`` evaluations settle it, and the rest
+        # go to :func:`_bisect` (36 against 130 ns per lookup by bisection alone).
+        n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values, deltas, t_lo, steps = p
+        top = np.int64(1) << precision
+        for j in range(lo, hi):
+            q, slot = first + j, slots[j]
+            k = min(max(np.int64((slot + 0.5) / float(top) * n + 0.5), 1), n - 1)
+            e = (mean[q] + edges[k - 1] / inv_scale[q] - prior_mean[q]) / prior_scale[q]
+            g = min(max(np.int64(n * _table(values, deltas, (e - t_lo) * steps)), 0), n - 1)  # NaN: any g
+            c = _gaussian_cdf_at(g, q, n, precision, mean, inv_scale, prior_mean, prior_scale, edges, values, deltas,
+                                 t_lo, steps)
+            if c <= slot:
+                c_next = _gaussian_cdf_at(g + 1, q, n, precision, mean, inv_scale, prior_mean, prior_scale, edges,
+                                          values, deltas, t_lo, steps)
+                if slot < c_next:
+                    sym[j], start[j], freq[j] = g, c, c_next - c
+                    continue
+            elif g > 0:
+                c_prev = _gaussian_cdf_at(g - 1, q, n, precision, mean, inv_scale, prior_mean, prior_scale, edges,
+                                          values, deltas, t_lo, steps)
+                if c_prev <= slot:
+                    sym[j], start[j], freq[j] = g - 1, c_prev, c - c_prev
+                    continue
+            sym[j], start[j], freq[j] = _lookup_one(p, q, slot)  # by bisection
+
     def _lookups_by_symbol(p, slots, first, lo, hi, sym, start, freq):
         for j in range(lo, hi):
             sym[j], start[j], freq[j] = _lookup_one(p, first + j, slots[j])
@@ -533,7 +570,7 @@ if numba is not None:
 
     @numba.extending.overload(_lookups, jit_options={"fastmath": False})
     def _lookups_for(p, slots, first, lo, hi, sym, start, freq):
-        return _mixture_lookups if len(p.types) == 10 else _lookups_by_symbol
+        return {10: _mixture_lookups, 11: _gaussian_lookups}.get(len(p.types), _lookups_by_symbol)
 
     def _mixture_intervals(p, symbols, lo, hi, start, freq):
         n, precision, slopes, intercepts, weights, low_units, values, deltas, _, _ = p
