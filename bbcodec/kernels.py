@@ -187,33 +187,36 @@ if numba is not None:
         log_scales = scale_values.shape[0] > 0
         k = means.shape[1]
         m = logits.shape[1]
-        e = np.empty(m)
-        for j in range(lo, hi):
-            top = logits[j, 0]
+        count = hi - lo
+        # the weights component-major, so that the normalisations' sums and divisions run down
+        # columns of lanes, which vectorise (the same operations on each lane: 33 -> 25 ns a lane)
+        e = np.empty((m, count))
+        total = np.empty(count)
+        for j in range(count):
+            top = logits[lo + j, 0]
             for c in range(1, m):
-                top = max(top, logits[j, c])
+                top = max(top, logits[lo + j, c])
             for c in range(m):
-                e[c] = _table(exp_values, exp_deltas, (min(logits[j, c] - top, 0.0) - exp_lo) * exp_steps)
-            total = e[0]
+                e[c, j] = _table(exp_values, exp_deltas, (min(logits[lo + j, c] - top, 0.0) - exp_lo) * exp_steps)
+        for _ in range(2):  # softmax's normalisation, then the second
+            total[:] = e[0]
             for c in range(1, m):
-                total = total + e[c]
+                for j in range(count):
+                    total[j] = total[j] + e[c, j]
             for c in range(m):
-                e[c] = e[c] / total
-            total = e[0]
-            for c in range(1, m):
-                total = total + e[c]
-            for c in range(m):
-                e[c] = e[c] / total
-            if end_masses:
-                low[j] = e[m - 2]
+                for j in range(count):
+                    e[c, j] = e[c, j] / total[j]
+        if end_masses:
+            low[lo:hi] = e[m - 2]
+        for j in range(count):
             for c in range(k):
-                scale = scales[j, c]
+                scale = scales[lo + j, c]
                 if log_scales:
                     scale = _table(scale_values, scale_deltas, (scale - scale_lo) * scale_steps)
                 inv = 1.0 / scale
-                slopes[j, c] = inv * sig_steps
-                intercepts[j, c] = ((-0.5 - means[j, c]) * inv - sig_lo) * sig_steps
-                weights[j, c] = e[c]
+                slopes[lo + j, c] = inv * sig_steps
+                intercepts[lo + j, c] = ((-0.5 - means[lo + j, c]) * inv - sig_lo) * sig_steps
+                weights[lo + j, c] = e[c, j]
 
     def _uniform_cdf(i, lane, p):
         """``Uniform._cum``: ``floor(i * 2**precision / n)``. ``p``: (n, precision)."""
