@@ -133,16 +133,11 @@ if numba is not None:
         for i in range(t.shape[0]):
             out[i] = _table(values, deltas, (t[i] - lo) * scale)
 
-    def _mixture_cdf(i, lane, p):
-        """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``. ``p``:
-        (n, precision, slopes, intercepts, weights, low units, sigmoid table values, deltas, the
-        table's origin and steps per unit)."""
-        n, precision, slopes, intercepts, weights, low_units, values, deltas, _, _ = p
-        return _mixture_cdf_at(i, lane, n, precision, slopes, intercepts, weights, low_units, values, deltas)
-
     @_inline
-    def _mixture_cdf_at(i, lane, n, precision, slopes, intercepts, weights, low_units, values, deltas):
-        """:func:`_mixture_cdf` with the parameters unpacked."""
+    def _mixture_cdf(i, lane, n, precision, slopes, intercepts, weights, low_units, values, deltas):
+        """``C(i)`` of lane ``lane``: the operations of ``LogisticMixture.cumulative``, from the
+        first eight of the mixture's parameters (:func:`_mixture_params`: n, precision, slopes,
+        intercepts, weights, low units, sigmoid table values, deltas), unpacked by the caller."""
         if i <= 0:
             return np.int64(0)
         if i >= n:
@@ -329,8 +324,9 @@ if numba is not None:
     @numba.extending.overload(_cdf, jit_options={"fastmath": False})
     def _cdf_for(i, lane, p):
         # the parameter tuple's type says which model it is (chosen while compiling, and cached:
-        # functions passed as arguments would not cache)
-        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 5: _probs_cdf, 10: _mixture_cdf,
+        # functions passed as arguments would not cache); mixtures' loops call :func:`_mixture_cdf`
+        # with their parameters unpacked instead
+        return {2: _uniform_cdf, 3: _bernoulli_cdf, 4: _categorical_cdf, 5: _probs_cdf,
                 11: _gaussian_cdf}.get(len(p.types))
 
     def _interval_one(p, q, s):
@@ -491,22 +487,22 @@ if numba is not None:
             x = ((math.log(tt / (1.0 - tt)) - table_lo) * table_scale - intercepts[q, k]) / slopes[q, k]
             x = min(x, float(n - 1)) if x >= 0.0 else 0.0  # NaN included
             if t < low or x < 1.0:
-                c1 = _mixture_cdf_at(1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+                c1 = _mixture_cdf(1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
                 if slot < c1:
                     sym[j], start[j], freq[j] = 0, 0, c1
                     continue
             elif t >= low + mass or x >= n - 2:
-                c_last = _mixture_cdf_at(n - 1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+                c_last = _mixture_cdf(n - 1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
                 if slot >= c_last:
                     sym[j], start[j], freq[j] = n - 1, c_last, top - c_last
                     continue
             guess = np.int64(x)
-            c = _mixture_cdf_at(guess, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+            c = _mixture_cdf(guess, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
             if c <= slot:
                 lo_, c_lo, hi_, c_hi = guess, c, np.int64(n), top
                 step = 1
                 while lo_ + step < hi_:
-                    c = _mixture_cdf_at(lo_ + step, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+                    c = _mixture_cdf(lo_ + step, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
                     if c > slot:
                         hi_, c_hi = lo_ + step, c
                         break
@@ -516,7 +512,7 @@ if numba is not None:
                 lo_, c_lo, hi_, c_hi = np.int64(0), np.int64(0), guess, c
                 step = 1
                 while hi_ - step > lo_:
-                    c = _mixture_cdf_at(hi_ - step, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+                    c = _mixture_cdf(hi_ - step, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
                     if c <= slot:
                         lo_, c_lo = hi_ - step, c
                         break
@@ -524,7 +520,7 @@ if numba is not None:
                     step *= 2
             while hi_ - lo_ > 1:  # bisection, as :func:`_narrow`
                 mid = (lo_ + hi_) >> 1
-                c = _mixture_cdf_at(mid, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+                c = _mixture_cdf(mid, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
                 if c <= slot:
                     lo_, c_lo = mid, c
                 else:
@@ -579,9 +575,9 @@ if numba is not None:
         n, precision, slopes, intercepts, weights, low_units, values, deltas, _, _ = p
         for q in range(lo, hi):
             s = symbols[q]
-            c = _mixture_cdf_at(s, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
+            c = _mixture_cdf(s, q, n, precision, slopes, intercepts, weights, low_units, values, deltas)
             start[q] = c
-            freq[q] = _mixture_cdf_at(s + 1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas) - c
+            freq[q] = _mixture_cdf(s + 1, q, n, precision, slopes, intercepts, weights, low_units, values, deltas) - c
 
     def _intervals_by_symbol(p, symbols, lo, hi, start, freq):
         for q in range(lo, hi):
@@ -655,13 +651,12 @@ if numba is not None:
         return length
 
     @_jit
-    def _lookup_lanes(p, heads, lanes, precision, first, lo, hi, out, fresh):
+    def _lookup_lanes(p, heads, lanes, precision, first, lo, hi, out, fresh, start, freq):
         """The lookups of lanes ``lo..hi-1`` of one round, whose symbols are ``first + j``: the
         symbols into ``out``, each lane's head after the pop but before renormalisation into
-        ``fresh[j]``. Heads are only read."""
+        ``fresh[j]``; ``start`` and ``freq``: scratch of one value per lane. Heads are only read."""
         mask = (np.int64(1) << precision) - 1
         count = lanes.shape[0]
-        start, freq = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
         for j in range(lo, hi):  # the slots, until the lookups are done
             fresh[j] = heads[lanes[j]] & mask
         _lookups(p, fresh, first, lo, hi, out[first:first + count], start, freq)
@@ -695,9 +690,9 @@ if numba is not None:
         round. Stops before a round that needs more words than the stream holds (the caller's
         reference path draws the seeded words); returns (rounds done, new stream length)."""
         count = lanes.shape[0]
-        fresh = np.empty(count, dtype=np.int64)
+        fresh, start, freq = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
         for r in range(rounds):
-            _lookup_lanes(p, heads, lanes, precision, r * count, 0, count, out, fresh)
+            _lookup_lanes(p, heads, lanes, precision, r * count, 0, count, out, fresh, start, freq)
             left = _renormalise(heads, lanes, words, length, fresh)
             if left < 0:
                 return r, length
@@ -842,11 +837,12 @@ def pop_rounds(model, message, rounds: int):
         done, length = _pop_rounds(p, heads, lanes, words, root._len, precision, rounds, out)
     else:
         params = _per_block(p, blocks)
-        fresh = np.empty(count, dtype=np.int64)
+        fresh, start, freq = (np.empty(count, dtype=np.int64) for _ in range(3))
         done, length = rounds, root._len
         for r in range(rounds):
             run_blocks([(k, lo, hi) for k, (lo, hi) in enumerate(blocks)],
-                       lambda k, lo, hi: _lookup_lanes(params[k], heads, lanes, precision, r * count, lo, hi, out, fresh))
+                       lambda k, lo, hi: _lookup_lanes(params[k], heads, lanes, precision, r * count, lo, hi, out,
+                                                       fresh, start, freq))
             left = int(_renormalise(heads, lanes, words, length, fresh))
             if left < 0:
                 done = r
